@@ -1,0 +1,435 @@
+"""File formats and atomic outputs.
+
+Every stage writes through an :class:`Outputs` transaction: files and folders are
+first written under temporary names next to their destination and renamed into
+place only when the whole stage has succeeded, so a failed or killed stage never
+leaves a file DVC could take for a result. Formats are community ones only:
+h5ad (zstd-compressed through hdf5plugin), parquet, JSON, CSV, GMT and PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import hdf5plugin  # registers the zstd filter with h5py; readers need it too
+
+from immune_aging.errors import InputError
+
+#: zstd level 3: measured in bench/compression.md as small as gzip and as fast as none.
+H5AD_COMPRESSION = dict(hdf5plugin.Zstd(clevel=3))
+_TMP_TAG = ".tmp-"
+
+
+class Outputs:
+    """Collect a stage's outputs under temporary names and publish them together.
+
+    Use as a context manager; :meth:`file` and :meth:`dir` return the temporary
+    path to write to. On normal exit every temporary is renamed onto its final
+    path (replacing an older one); on an exception every temporary is removed and
+    nothing is published.
+
+    Examples
+    --------
+    >>> with Outputs() as out:                                  # doctest: +SKIP
+    ...     adata.write_h5ad(out.file("data/filter/filtered.h5ad"))
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def file(self, path: str | os.PathLike[str]) -> Path:
+        """Return a temporary path for output file ``path`` (its folder is created).
+
+        Parameters
+        ----------
+        path
+            Final location of the file.
+
+        Returns
+        -------
+        Path
+            Where to write now.
+        """
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}{_TMP_TAG}{os.getpid()}")
+        _remove(tmp)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def dir(self, path: str | os.PathLike[str]) -> Path:
+        """Return a fresh temporary folder for output folder ``path``.
+
+        Parameters
+        ----------
+        path
+            Final location of the folder.
+
+        Returns
+        -------
+        Path
+            An empty folder to fill now.
+        """
+        tmp = self.file(path)
+        tmp.mkdir()
+        return tmp
+
+    def commit(self) -> None:
+        """Rename every temporary onto its final path."""
+        for tmp, final in self._pending:
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            elif final.exists() or final.is_symlink():
+                final.unlink()
+            os.replace(tmp, final)
+        self._pending.clear()
+
+    def abort(self) -> None:
+        """Remove every temporary; publish nothing."""
+        for tmp, _ in self._pending:
+            _remove(tmp)
+        self._pending.clear()
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# --------------------------------------------------------------------------- h5ad
+
+
+def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> None:
+    """Write an AnnData to ``path`` with zstd compression.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to write.
+    path
+        Destination (normally a temporary from :class:`Outputs`).
+    """
+    adata.write_h5ad(
+        path,
+        compression=H5AD_COMPRESSION["compression"],
+        compression_opts=H5AD_COMPRESSION["compression_opts"],
+    )
+
+
+def read_h5ad(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
+    """Read an h5ad file, failing with one clear line when it is not one.
+
+    Parameters
+    ----------
+    path
+        The file.
+    backed
+        Open read-only backed (``X`` stays on disk) instead of loading it.
+
+    Returns
+    -------
+    anndata.AnnData
+        The dataset.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a readable h5ad file.
+    """
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path}: not an h5ad file (no HDF5 signature)")
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # anndata raises many types for a broken file
+        raise InputError(f"{path}: not a readable h5ad file ({type(exc).__name__})") from None
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def write_parquet(df: Any, path: str | os.PathLike[str]) -> None:
+    """Write a DataFrame to parquet (zstd, no pandas index unless named).
+
+    Parameters
+    ----------
+    df
+        A pandas DataFrame.
+    path
+        Destination.
+    """
+    df.to_parquet(path, compression="zstd", index=df.index.name is not None)
+
+
+def _clean(obj: Any) -> Any:
+    """Turn NaN/inf into None and numpy scalars into Python ones, recursively."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write JSON deterministically: sorted keys, 2-space indent, NaN as null.
+
+    Parameters
+    ----------
+    obj
+        Mapping or list of plain or numpy values.
+    path
+        Destination.
+    """
+    text = json.dumps(_clean(obj), indent=2, sort_keys=True, allow_nan=False)
+    Path(path).write_text(text + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, failing with one clear line when it is not JSON.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    Any
+        The decoded value.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno})") from None
+
+
+# --------------------------------------------------------------------------- GMT
+
+
+def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Read a GMT gene-set library.
+
+    Each line is ``name<TAB>description<TAB>gene1<TAB>gene2...``.
+
+    Parameters
+    ----------
+    path
+        The GMT file.
+
+    Returns
+    -------
+    dict
+        Set name to its genes, in file order, duplicates removed.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, has a malformed line, or holds no gene set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: gene-set file not found")
+    sets: dict[str, list[str]] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        genes = [g for g in fields[2:] if g]
+        if len(fields) < 3 or not fields[0] or not genes:
+            raise InputError(
+                f"{path}: line {lineno}: expected 'name<TAB>description<TAB>gene...'"
+            )
+        sets[fields[0]] = list(dict.fromkeys(genes))
+    if not sets:
+        raise InputError(f"{path}: gene-set file holds no gene set")
+    return sets
+
+
+def write_gmt(
+    sets: Mapping[str, Sequence[str]],
+    path: str | os.PathLike[str],
+    descriptions: Mapping[str, str] | None = None,
+) -> None:
+    """Write gene sets as GMT, in the mapping's order.
+
+    Parameters
+    ----------
+    sets
+        Set name to genes.
+    path
+        Destination.
+    descriptions
+        Optional set name to description (default: empty).
+    """
+    descriptions = descriptions or {}
+    lines = [
+        "\t".join([name, descriptions.get(name, ""), *genes]) for name, genes in sets.items()
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG without volatile metadata, then close it.
+
+    Parameters
+    ----------
+    fig
+        The figure.
+    path
+        Destination.
+    dpi
+        Resolution.
+    """
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- provenance
+
+#: Packages whose versions are recorded in every output's provenance.
+PROVENANCE_PACKAGES = (
+    "immune-aging",
+    "anndata",
+    "scanpy",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "harmonypy",
+    "umap-learn",
+    "pynndescent",
+    "leidenalg",
+    "igraph",
+    "pydeseq2",
+    "gseapy",
+    "h5py",
+    "hdf5plugin",
+)
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
+    """Return the SHA-256 hex digest of a file, read in chunks.
+
+    Parameters
+    ----------
+    path
+        The file.
+    chunk
+        Bytes per read.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(names: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str, str]:
+    """Return installed versions of ``names`` (``"not installed"`` when absent).
+
+    Parameters
+    ----------
+    names
+        Distribution names.
+
+    Returns
+    -------
+    dict
+        Name to version string.
+    """
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(
+    stage: str, params: Mapping[str, Any], inputs: Sequence[str | os.PathLike[str]]
+) -> dict[str, Any]:
+    """Build the provenance record stored in an output's ``uns['provenance']``.
+
+    Holds nothing volatile (no time, host or git revision) so that reruns stay
+    byte-identical.
+
+    Parameters
+    ----------
+    stage
+        Stage name.
+    params
+        The parameters the stage used (plain dict).
+    inputs
+        Input files; folders are hashed file by file.
+
+    Returns
+    -------
+    dict
+        ``{"stage", "params" (JSON text), "packages", "inputs"}``.
+    """
+    hashes: dict[str, str] = {}
+    for item in inputs:
+        p = Path(item)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            hashes[f.as_posix()] = sha256_file(f)
+    return {
+        "stage": stage,
+        "params": json.dumps(_clean(dict(params)), sort_keys=True),
+        "packages": package_versions(),
+        "inputs": hashes,
+    }
+
+
+@contextlib.contextmanager
+def chdir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Temporarily change the working directory (tests and tools)."""
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)

@@ -1,0 +1,77 @@
+"""Thread count from the environment, never from tracked parameters.
+
+``IMMUNE_AGING_THREADS`` sets the number of threads every numeric library may use
+(BLAS, OpenMP, numba, PyDESeq2/joblib workers). When it is unset, all cores
+available to this process are used. Changing it never invalidates a DVC cache,
+because it is not part of ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_VAR = "IMMUNE_AGING_THREADS"
+_LIBRARY_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+
+
+def available_cores() -> int:
+    """Return the number of cores this process may run on.
+
+    Returns
+    -------
+    int
+        ``len(os.sched_getaffinity(0))`` where supported, else ``os.cpu_count()``.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def n_threads() -> int:
+    """Return the thread count requested by the environment.
+
+    Returns
+    -------
+    int
+        The value of ``IMMUNE_AGING_THREADS`` when set to a positive integer,
+        otherwise :func:`available_cores`.
+
+    Raises
+    ------
+    ValueError
+        If ``IMMUNE_AGING_THREADS`` is set but is not a positive integer.
+    """
+    raw = os.environ.get(ENV_VAR, "").strip()
+    if not raw:
+        return available_cores()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{ENV_VAR}={raw!r}: expected a positive integer number of threads")
+    return value
+
+
+def configure_threads() -> int:
+    """Export the thread count to the numeric libraries' environment variables.
+
+    Variables the user set explicitly are left alone. Must run before numpy,
+    numba or scipy are imported to take effect, which importing
+    :mod:`immune_aging` guarantees.
+
+    Returns
+    -------
+    int
+        The thread count in force.
+    """
+    count = n_threads()
+    for var in _LIBRARY_VARS:
+        os.environ.setdefault(var, str(count))
+    return count
