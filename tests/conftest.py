@@ -132,3 +132,60 @@ def clone_reproduced(reproduced: Path, dest: Path) -> Path:
     remote = dest.parent / f"{dest.name}-remote"
     dvc(dest, "remote", "modify", "--local", "local", "url", str(remote))
     return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    """Return the stages a ``dvc repro`` / ``dvc exp run`` output says it ran."""
+    import re
+
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def _paths(entries: list[Any]) -> list[str]:
+    out = []
+    for entry in entries or []:
+        out.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return out
+
+
+def pipeline_graph(root: Path) -> dict[str, set[str]]:
+    """Map each stage of ``root/dvc.yaml`` to the stages that read one of its outputs."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    outs = {
+        name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
+        for name, s in stages.items()
+    }
+    graph: dict[str, set[str]] = {name: set() for name in stages}
+    for reader, spec in stages.items():
+        for dep in _paths(spec.get("deps")):
+            for writer, paths in outs.items():
+                if any(dep == p or dep.startswith(p.rstrip("/") + "/") or p.startswith(dep.rstrip("/") + "/") for p in paths):
+                    graph[writer].add(reader)
+    return graph
+
+
+def downstream(root: Path, stage: str) -> set[str]:
+    """Return ``stage`` and every stage that depends on it, transitively."""
+    graph = pipeline_graph(root)
+    seen, todo = {stage}, [stage]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def cache_is_intact(root: Path) -> list[str]:
+    """Return the DVC cache objects whose content does not match their md5 name."""
+    import hashlib
+
+    bad = []
+    files = root / ".dvc" / "cache" / "files" / "md5"
+    for obj in files.rglob("*"):
+        if not obj.is_file() or obj.suffix in (".tmp", ".lock"):
+            continue
+        digest = hashlib.md5(obj.read_bytes()).hexdigest()
+        if digest != obj.parent.name + obj.name.removesuffix(".dir"):
+            bad.append(str(obj.relative_to(root)))
+    return bad

@@ -102,3 +102,11 @@ def test_provenance_has_nothing_volatile(tmp_path):
     assert rec["inputs"] == {f.as_posix(): io.sha256_file(f)}
     assert rec["packages"]["scanpy"] != "not installed"
     assert rec == io.provenance("qc", {"a": 1}, [f])
+
+
+def test_outputs_remove_temporaries_of_a_killed_run(tmp_path):
+    stale = tmp_path / ".a.json.tmp-99999"
+    stale.write_text("half written")
+    with io.Outputs() as out:
+        io.write_json({}, out.file(tmp_path / "a.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -61,8 +61,9 @@ class Outputs:
         """
         final = Path(path)
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}{_TMP_TAG}*"):
+            _remove(stale)  # left by a killed run of this stage
         tmp = final.with_name(f".{final.name}{_TMP_TAG}{os.getpid()}")
-        _remove(tmp)
         self._pending.append((tmp, final))
         return tmp
 
