@@ -5,8 +5,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc.yaml runs `python -m immune_aging.stages.<stage>`: the venv's python must come first.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench summary lock clean-venv
+.PHONY: setup browser repro test lint format bench summary lock clean-venv
 
 setup: $(STAMP)
 
@@ -20,7 +22,12 @@ $(STAMP): requirements.lock pyproject.toml
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup
+# Headless Chromium (Debian packages) for the report's browser test; best effort here,
+# required in CI (.ci/run).
+browser:
+	@bash scripts/install-chromium.sh || echo "warning: no chromium: the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -35,7 +42,8 @@ summary: setup
 	$(BIN)/python -m immune_aging.runlog
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/simulate_onek1k.py
 
 # Regenerate the lock after changing dependency ranges in pyproject.toml.
 lock:

@@ -159,7 +159,12 @@ def pipeline_graph(root: Path) -> dict[str, set[str]]:
     for reader, spec in stages.items():
         for dep in _paths(spec.get("deps")):
             for writer, paths in outs.items():
-                if any(dep == p or dep.startswith(p.rstrip("/") + "/") or p.startswith(dep.rstrip("/") + "/") for p in paths):
+                if any(
+                    dep == p
+                    or dep.startswith(p.rstrip("/") + "/")
+                    or p.startswith(dep.rstrip("/") + "/")
+                    for p in paths
+                ):
                     graph[writer].add(reader)
     return graph
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import REPO, tiny_params, write_params
 
 from immune_aging.errors import ParamsError
 from immune_aging.params import SECTIONS, as_dict, load_all, load_section, parse_section
-from tests.conftest import REPO, tiny_params, write_params
 
 
 def test_repository_params_are_valid():
@@ -34,7 +34,9 @@ def test_every_key_in_params_yaml_is_commented():
         if not value.strip() or value.strip().startswith("#"):
             continue  # a section header
         above = lines[i - 1].strip() if i else ""
-        assert "#" in value or above.startswith("#"), f"params.yaml line {i + 1}: {key} has no comment"
+        assert "#" in value or above.startswith("#"), (
+            f"params.yaml line {i + 1}: {key} has no comment"
+        )
 
 
 def _params_with(tmp_path: Path, section: str, **changes) -> Path:
@@ -46,13 +48,29 @@ def _params_with(tmp_path: Path, section: str, **changes) -> Path:
 @pytest.mark.parametrize(
     ("section", "changes", "message"),
     [
-        ("filter", {"cutoff_percentil": 1.0}, "filter.cutoff_percentil: unknown key (did you mean 'cutoff_percentile'?)"),
+        (
+            "filter",
+            {"cutoff_percentil": 1.0},
+            "filter.cutoff_percentil: unknown key (did you mean 'cutoff_percentile'?)",
+        ),
         ("qc", {"max_genes": "many"}, "qc.max_genes: expected an integer >= 1, got 'many'"),
         ("qc", {"max_genes": 2.5}, "qc.max_genes: expected an integer >= 1, got 2.5"),
-        ("filter", {"percent_donors": 1.5}, "filter.percent_donors: expected a number > 0.0 and <= 1.0, got 1.5"),
-        ("qc", {"thresholds": "median"}, "qc.thresholds: expected one of 'fixed', 'mad', got 'median'"),
+        (
+            "filter",
+            {"percent_donors": 1.5},
+            "filter.percent_donors: expected a number > 0.0 and <= 1.0, got 1.5",
+        ),
+        (
+            "qc",
+            {"thresholds": "median"},
+            "qc.thresholds: expected one of 'fixed', 'mad', got 'median'",
+        ),
         ("cluster", {"resolution": True}, "cluster.resolution: expected a number > 0.0, got True"),
-        ("genesets", {"sources": "data/raw/genesets.gmt"}, "genesets.sources: expected a list, got 'data/raw/genesets.gmt'"),
+        (
+            "genesets",
+            {"sources": "data/raw/genesets.gmt"},
+            "genesets.sources: expected a list, got 'data/raw/genesets.gmt'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, section, changes, message):
@@ -74,7 +92,9 @@ def test_nested_section_is_checked(tmp_path):
     params = tiny_params()
     params["data"]["synthetic"]["n_donors"] = 1
     path = write_params(tmp_path / "params.yaml", params)
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.n_donors: expected an integer >= 2, got 1$"):
+    with pytest.raises(
+        ParamsError, match=r"data\.synthetic\.n_donors: expected an integer >= 2, got 1$"
+    ):
         load_section("data", path)
 
 

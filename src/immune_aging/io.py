@@ -269,9 +269,7 @@ def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         fields = line.rstrip("\n").split("\t")
         genes = [g for g in fields[2:] if g]
         if len(fields) < 3 or not fields[0] or not genes:
-            raise InputError(
-                f"{path}: line {lineno}: expected 'name<TAB>description<TAB>gene...'"
-            )
+            raise InputError(f"{path}: line {lineno}: expected 'name<TAB>description<TAB>gene...'")
         sets[fields[0]] = list(dict.fromkeys(genes))
     if not sets:
         raise InputError(f"{path}: gene-set file holds no gene set")
@@ -295,9 +293,7 @@ def write_gmt(
         Optional set name to description (default: empty).
     """
     descriptions = descriptions or {}
-    lines = [
-        "\t".join([name, descriptions.get(name, ""), *genes]) for name, genes in sets.items()
-    ]
+    lines = ["\t".join([name, descriptions.get(name, ""), *genes]) for name, genes in sets.items()]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -409,7 +405,8 @@ def provenance(
     Returns
     -------
     dict
-        ``{"stage", "params" (JSON text), "packages", "inputs"}``.
+        ``{"stage", "params" (JSON text), "packages", "inputs" (JSON text: path to
+        SHA-256)}``.
     """
     hashes: dict[str, str] = {}
     for item in inputs:
@@ -421,7 +418,8 @@ def provenance(
         "stage": stage,
         "params": json.dumps(_clean(dict(params)), sort_keys=True),
         "packages": package_versions(),
-        "inputs": hashes,
+        # file paths are not valid h5ad keys ('/' is a group separator): JSON text
+        "inputs": json.dumps(hashes, sort_keys=True),
     }
 
 

@@ -39,7 +39,9 @@ def parser(stage: str, description: str) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         With ``--params`` already added; the stage adds its paths.
     """
-    p = argparse.ArgumentParser(prog=f"python -m immune_aging.stages.{stage}", description=description)
+    p = argparse.ArgumentParser(
+        prog=f"python -m immune_aging.stages.{stage}", description=description
+    )
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
     return p
 
@@ -107,7 +109,9 @@ def run_stage(
         raise
     finally:
         duration = time.perf_counter() - t0
-        runlog.append(stage, started=started, seconds=duration, peak_mb=peak_memory_mb(), status=status)
+        runlog.append(
+            stage, started=started, seconds=duration, peak_mb=peak_memory_mb(), status=status
+        )
         if status == "ok":
             log.info("done in %.1f s, peak memory %.0f MiB", duration, peak_memory_mb())
 

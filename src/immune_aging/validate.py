@@ -1,0 +1,240 @@
+"""Check that an input dataset follows the CELLxGENE schema the pipeline needs.
+
+The public API is small:
+
+- :func:`validate_dataset` checks annotations and finds the raw counts;
+- :func:`counts_location` only finds the raw counts;
+- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`.
+
+All of them work on a backed AnnData and read only ``obs``, ``var`` and a
+deterministic sample of rows of ``X`` / ``raw.X``. Raw counts are recognised
+by their values (finite, non-negative, integer-valued): CELLxGENE keeps raw
+counts in ``X`` when there is no normalised matrix, otherwise normalised values
+in ``X`` and raw counts in ``raw.X``. Normalised values are never taken for
+counts. Every problem raises :class:`~immune_aging.errors.InputError` with one
+line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from immune_aging.errors import InputError
+
+#: obs columns every input must have.
+REQUIRED_OBS = ("donor_id", "cell_type", "development_stage", "sex")
+#: var column holding gene symbols (the var index holds Ensembl IDs).
+SYMBOL_COLUMN = "feature_name"
+#: Where raw counts live.
+CountsLocation = Literal["X", "raw.X"]
+
+#: Rows read per matrix check, spread over the file in ``_SAMPLE_BLOCKS`` blocks.
+_SAMPLE_ROWS = 2000
+_SAMPLE_BLOCKS = 10
+#: Rows read at a time when a sample holds only zeros and the scan goes on.
+_SCAN_ROWS = 10_000
+
+
+def validate_dataset(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
+    """Check an input dataset and return where its raw counts are.
+
+    Checks, in order: the obs columns of :data:`REQUIRED_OBS`, ``var['feature_name']``,
+    unique cell and gene names, no missing ``donor_id`` / ``cell_type``, at
+    least two donors, and raw counts in ``X`` or ``raw.X``
+    (:func:`counts_location`).
+
+    Parameters
+    ----------
+    adata
+        The dataset, in memory or backed (only a sample of rows is read).
+    path
+        The file it came from, named in error messages.
+
+    Returns
+    -------
+    {"X", "raw.X"}
+        Where the raw counts are.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong.
+    """
+    if adata.n_obs == 0:
+        raise InputError(f"{path}: the dataset holds no cells")
+    if adata.n_vars == 0:
+        raise InputError(f"{path}: the dataset holds no genes")
+    missing = [c for c in REQUIRED_OBS if c not in adata.obs.columns]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        plural = "s" if len(missing) > 1 else ""
+        raise InputError(
+            f"{path}: obs column{plural} {names} missing (required: {', '.join(REQUIRED_OBS)})"
+        )
+    if SYMBOL_COLUMN not in adata.var.columns:
+        raise InputError(f"{path}: var column {SYMBOL_COLUMN!r} (gene symbols) missing")
+    _check_unique(adata.obs_names, f"{path}: obs names (cell IDs)")
+    _check_unique(adata.var_names, f"{path}: var names (gene IDs)")
+    for column in ("donor_id", "cell_type"):
+        n_missing = int(pd.isna(adata.obs[column]).sum())
+        if n_missing:
+            raise InputError(f"{path}: obs column {column!r} has {n_missing} missing values")
+    donors = pd.unique(adata.obs["donor_id"].astype(str))
+    if len(donors) < 2:
+        raise InputError(
+            f"{path}: obs column 'donor_id' holds 1 donor ({donors[0]!r}); at least 2 are required"
+        )
+    return counts_location(adata, path)
+
+
+def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
+    """Return where the raw counts of a dataset are: ``"X"`` or ``"raw.X"``.
+
+    A matrix holds raw counts when a deterministic sample of its rows (about
+    2000 rows in 10 blocks spread over the file; more when these hold only
+    zeros) is finite, non-negative and integer-valued. ``X`` is preferred;
+    ``raw.X`` is used when ``X`` fails, provided its genes can be matched to
+    symbols (``raw.var`` has ``feature_name`` or the same index as ``var``).
+
+    Parameters
+    ----------
+    adata
+        The dataset, in memory or backed.
+    path
+        The file it came from, named in error messages.
+
+    Returns
+    -------
+    {"X", "raw.X"}
+        Where the raw counts are.
+
+    Raises
+    ------
+    InputError
+        When neither ``X`` nor ``raw.X`` holds raw counts.
+    """
+    x_problem = _count_problem(adata.X, adata.n_obs)
+    if x_problem is None:
+        return "X"
+    raw = adata.raw
+    if raw is None:
+        raise InputError(
+            f"{path}: X holds {x_problem} and there is no raw.X: raw counts are required"
+        )
+    raw_problem = _count_problem(raw.X, adata.n_obs)
+    if raw_problem is not None:
+        raise InputError(
+            f"{path}: neither X nor raw.X holds raw counts (X: {x_problem}; "
+            f"raw.X: {raw_problem}): raw counts are required"
+        )
+    if SYMBOL_COLUMN not in raw.var.columns and not raw.var_names.equals(adata.var_names):
+        raise InputError(
+            f"{path}: raw.var has no {SYMBOL_COLUMN!r} column and its genes differ from var"
+        )
+    return "raw.X"
+
+
+def validate_file(path: str | os.PathLike[str]) -> CountsLocation:
+    """Open an h5ad file read-only backed, validate it and close it.
+
+    Parameters
+    ----------
+    path
+        The h5ad file.
+
+    Returns
+    -------
+    {"X", "raw.X"}
+        Where the raw counts are.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, is not an h5ad file, or fails
+        :func:`validate_dataset`.
+    """
+    from immune_aging import io
+
+    adata = io.read_h5ad(Path(path), backed=True)
+    try:
+        return validate_dataset(adata, path)
+    finally:
+        adata.file.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_unique(names: pd.Index, what: str) -> None:
+    if names.is_unique:
+        return
+    counts = names.value_counts()
+    first = names[names.duplicated()][0]
+    raise InputError(f"{what} are not unique: {first!r} occurs {int(counts[first])} times")
+
+
+def _sample_starts(n_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of the deterministic sample: blocks spread evenly over the rows."""
+    if n_rows <= _SAMPLE_ROWS:
+        return [(0, n_rows)]
+    size = math.ceil(_SAMPLE_ROWS / _SAMPLE_BLOCKS)
+    starts = np.linspace(0, n_rows - size, _SAMPLE_BLOCKS).astype(int)
+    return [(int(a), int(a) + size) for a in starts]
+
+
+def _values(block: Any) -> np.ndarray:
+    """Return the stored values of a matrix block (sparse: the explicit entries)."""
+    if sp.issparse(block):
+        return np.asarray(block.data)
+    return np.asarray(block).ravel()
+
+
+def _count_problem(matrix: Any, n_rows: int) -> str | None:
+    """Describe why ``matrix`` does not hold raw counts, or return None when it does."""
+    if matrix is None:
+        return "no values"
+    seen_nonzero = False
+    for a, b in _sample_starts(n_rows):
+        problem, nonzero = _block_problem(matrix[a:b])
+        if problem:
+            return problem
+        seen_nonzero |= nonzero
+    for a in range(0, n_rows, _SCAN_ROWS):  # a sample of zeros proves nothing: read on
+        if seen_nonzero:
+            break
+        problem, seen_nonzero = _block_problem(matrix[a : a + _SCAN_ROWS])
+        if problem:
+            return problem
+    if not seen_nonzero:
+        return "only zeros"
+    return None
+
+
+def _block_problem(block: Any) -> tuple[str | None, bool]:
+    values = _values(block)
+    if values.size == 0:
+        return None, False
+    if values.dtype.kind in "iu":
+        neg = values[values < 0]
+        if neg.size:
+            return f"negative values (e.g. {neg[0]:g})", True
+        return None, bool((values != 0).any())
+    if values.dtype.kind != "f":
+        return f"values of type {values.dtype}", False
+    bad = values[~np.isfinite(values)]
+    if bad.size:
+        return f"non-finite values (e.g. {bad[0]:g})", True
+    frac = values[values != np.floor(values)]
+    if frac.size:
+        return f"non-integer values (e.g. {frac[0]:.4g})", True
+    neg = values[values < 0]
+    if neg.size:
+        return f"negative values (e.g. {neg[0]:g})", True
+    return None, bool((values != 0).any())
