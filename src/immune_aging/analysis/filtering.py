@@ -1,0 +1,436 @@
+"""Donor and cell-type prevalence filter (stage ``filter``).
+
+The rules, applied in order (as in the seed workflow):
+
+1. Donors with fewer cells than the ``cutoff_percentile`` percentile of cells
+   per donor are dropped. The percentile is interpolated linearly
+   (``numpy.percentile``) and rounded down to whole cells, so a donor is kept
+   when it has at least ``floor(percentile)`` cells.
+2. Among the remaining donors, a cell type is kept when at least
+   ``percent_donors`` of them have at least ``min_cells_per_celltype`` cells of it;
+   cells of other types are dropped.
+3. Donors lacking ``min_cells_per_celltype`` cells of any kept cell type are
+   dropped, so every remaining donor contributes to every kept cell type.
+
+Then genes with zero counts in the remaining cells are dropped.
+
+Rules 1-3 need only ``obs``, so the stage applies them to a backed file and loads
+the counts of the kept cells alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from immune_aging.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DONOR_KEY = "donor_id"
+CELL_TYPE_KEY = "cell_type"
+#: obs columns carried into ``filtered.h5ad``; ``pool`` only when present.
+OBS_COLUMNS = ("donor_id", "cell_type", "development_stage", "sex")
+OPTIONAL_OBS_COLUMNS = ("pool",)
+
+
+@dataclass(frozen=True)
+class CellSelection:
+    """Outcome of the donor and cell-type rules (see the module docstring).
+
+    Attributes
+    ----------
+    keep
+        Boolean mask over the input cells: True for cells that pass every rule.
+    cutoff
+        The ``cutoff_percentile`` percentile of cells per donor (cells, unrounded).
+    min_cells_per_donor
+        ``floor(cutoff)``: donors with fewer cells are dropped by rule 1.
+    cells_per_donor
+        Cells per donor in the input, sorted by donor.
+    donors_removed_cutoff
+        Donors dropped by rule 1.
+    cell_types_kept, cell_types_removed
+        Cell types kept and dropped by rule 2.
+    donors_removed_cell_types
+        Donors dropped by rule 3.
+    cells_removed
+        Cells dropped by each rule: ``donor_cutoff`` (rule 1), ``cell_type_prevalence``
+        (rule 2, including cells without a cell type) and ``donor_completeness``
+        (rule 3).
+    """
+
+    keep: np.ndarray
+    cutoff: float
+    min_cells_per_donor: int
+    cells_per_donor: pd.Series
+    donors_removed_cutoff: list[str]
+    cell_types_kept: list[str]
+    cell_types_removed: list[str]
+    donors_removed_cell_types: list[str]
+    cells_removed: dict[str, int]
+
+
+def _labels(obs: pd.DataFrame, key: str) -> pd.Series:
+    return obs[key].astype("object").where(obs[key].notna(), None)
+
+
+def cells_per_group(obs: pd.DataFrame, *, keys: Sequence[str]) -> pd.DataFrame | pd.Series:
+    """Count cells per donor, or per (donor, cell type).
+
+    Parameters
+    ----------
+    obs
+        Cell annotations.
+    keys
+        One column name (cells per value) or two (a table: first key as rows,
+        second as columns, zeros for absent combinations). Cells with a missing
+        label are not counted.
+
+    Returns
+    -------
+    pandas.Series or pandas.DataFrame
+        Counts, labels as strings, sorted.
+    """
+    keys = list(keys)
+    frame = pd.DataFrame({k: _labels(obs, k) for k in keys}).dropna()
+    if len(keys) == 1:
+        counts = frame.groupby(keys[0]).size()
+        counts.index = counts.index.astype(str)
+        return counts.sort_index().rename("n_cells")
+    table = frame.groupby(keys).size().unstack(fill_value=0)
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    return table.sort_index().sort_index(axis=1)
+
+
+def select_cells(
+    obs: pd.DataFrame,
+    *,
+    cutoff_percentile: float,
+    min_cells_per_celltype: int,
+    percent_donors: float,
+) -> CellSelection:
+    """Apply the donor and cell-type prevalence rules to cell annotations.
+
+    Parameters
+    ----------
+    obs
+        Cell annotations with ``donor_id`` and ``cell_type`` columns (not modified).
+        Cells with a missing donor or cell type are dropped.
+    cutoff_percentile
+        Percentile (0-100) of cells per donor below which donors are dropped.
+    min_cells_per_celltype
+        Cells a donor needs of a cell type for it to count (rules 2 and 3).
+    percent_donors
+        Fraction (0-1] of donors that must reach ``min_cells_per_celltype`` for a
+        cell type to be kept.
+
+    Returns
+    -------
+    CellSelection
+        The kept-cell mask and what each rule removed.
+
+    Raises
+    ------
+    InputError
+        If a column is missing, or if the rules leave no cell type or no cell;
+        the message names the parameters.
+    """
+    for key in (DONOR_KEY, CELL_TYPE_KEY):
+        if key not in obs.columns:
+            raise InputError(f"obs column {key!r} missing")
+    per_donor = cells_per_group(obs, keys=[DONOR_KEY])
+    if per_donor.empty:
+        raise InputError(f"obs column {DONOR_KEY!r} holds no donor")
+    cutoff = float(np.percentile(per_donor.to_numpy(), cutoff_percentile))
+    min_cells_per_donor = math.floor(cutoff)
+    donors_cut = per_donor.index[per_donor < min_cells_per_donor].tolist()
+    donors = per_donor.index[per_donor >= min_cells_per_donor]
+
+    raw_donor = _labels(obs, DONOR_KEY)
+    donor = raw_donor.astype(str).where(raw_donor.notna(), None)
+    ctype = _labels(obs, CELL_TYPE_KEY)
+    in_donors = donor.isin(donors).to_numpy()
+    typed = in_donors & ctype.notna().to_numpy()
+    table = cells_per_group(obs.loc[typed], keys=[DONOR_KEY, CELL_TYPE_KEY])
+    table = table.reindex(index=donors, fill_value=0)
+    enough = table >= min_cells_per_celltype
+    needed = len(donors) * percent_donors
+    # a tolerance keeps e.g. 0.95 * 20 == 19 from failing on rounding
+    prevalent = enough.sum(axis=0) >= needed - 1e-9
+    kept_types = table.columns[prevalent].tolist()
+    removed_types = table.columns[~prevalent].tolist()
+    if not kept_types:
+        raise InputError(
+            f"filter.min_cells_per_celltype={min_cells_per_celltype} and "
+            f"filter.percent_donors={percent_donors} keep no cell type: none has "
+            f">= {min_cells_per_celltype} cells in >= {needed:g} of {len(donors)} donors"
+        )
+    complete = enough[kept_types].all(axis=1)
+    donors_final = complete.index[complete]
+    donors_incomplete = complete.index[~complete].tolist()
+    if len(donors_final) == 0:
+        raise InputError(
+            f"filter.min_cells_per_celltype={min_cells_per_celltype} leaves no cell: "
+            f"no donor has >= {min_cells_per_celltype} cells of every kept cell type "
+            f"({len(kept_types)} types)"
+        )
+    in_types = in_donors & ctype.isin(kept_types).to_numpy()
+    keep = in_types & donor.isin(donors_final).to_numpy()
+    cells_removed = {
+        "missing_donor": int(raw_donor.isna().sum()),
+        "donor_cutoff": int(raw_donor.notna().sum() - in_donors.sum()),
+        "cell_type_prevalence": int(in_donors.sum() - in_types.sum()),
+        "donor_completeness": int(in_types.sum() - keep.sum()),
+    }
+    log.info(
+        "cut-off %.1f cells per donor (percentile %g) drops %d donors; %d of %d cell "
+        "types kept; %d donors lack a kept type; %d of %d cells kept",
+        cutoff,
+        cutoff_percentile,
+        len(donors_cut),
+        len(kept_types),
+        table.shape[1],
+        len(donors_incomplete),
+        int(keep.sum()),
+        len(keep),
+    )
+    return CellSelection(
+        keep=keep,
+        cutoff=cutoff,
+        min_cells_per_donor=min_cells_per_donor,
+        cells_per_donor=per_donor,
+        donors_removed_cutoff=donors_cut,
+        cell_types_kept=kept_types,
+        cell_types_removed=removed_types,
+        donors_removed_cell_types=donors_incomplete,
+        cells_removed=cells_removed,
+    )
+
+
+def _tidy_obs(obs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    out = obs.loc[:, list(columns)].copy()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].cat.remove_unused_categories()
+    return out
+
+
+def _blocks(values: np.ndarray, size: int = 1 << 24) -> Iterator[np.ndarray]:
+    """Yield views of ``values`` in blocks (bounds temporaries on big matrices)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _csr_float32(counts: Any) -> sparse.csr_matrix:
+    """Return ``counts`` as canonical CSR float32 without explicit zeros.
+
+    A new object unless ``counts`` already is one.
+    """
+    if (
+        isinstance(counts, sparse.csr_matrix)
+        and counts.dtype == np.float32
+        and counts.has_canonical_format
+        and not any((block == 0).any() for block in _blocks(counts.data))
+    ):
+        return counts
+    matrix = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def assemble_filtered(
+    counts: Any,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    *,
+    obs_columns: Sequence[str] = OBS_COLUMNS,
+) -> ad.AnnData:
+    """Build the filtered AnnData: kept cells, genes with any count, tidy metadata.
+
+    Parameters
+    ----------
+    counts
+        Raw counts of the kept cells (cells x genes, sparse or dense). A canonical
+        CSR float32 matrix whose every gene has counts is used as is (shared, not
+        copied: the result's ``X`` is ``counts``); anything else is converted.
+    obs
+        Annotations of the kept cells, same order as ``counts`` rows. The columns
+        ``obs_columns`` are kept, plus ``pool`` when present; unused categories are
+        removed.
+    var
+        Gene annotations with ``feature_name``, same order as ``counts`` columns.
+    obs_columns
+        Required obs columns to carry.
+
+    Returns
+    -------
+    anndata.AnnData
+        Counts in ``X`` (CSR float32), obs as above, var ``feature_name`` (strings);
+        genes with zero total counts removed.
+
+    Raises
+    ------
+    InputError
+        If a required column is missing or shapes disagree.
+    """
+    if counts.shape != (len(obs), len(var)):
+        raise InputError(
+            f"counts shape {counts.shape} does not match obs ({len(obs)}) x var ({len(var)})"
+        )
+    missing = [c for c in obs_columns if c not in obs.columns]
+    if missing:
+        raise InputError(f"obs column {missing[0]!r} missing")
+    if "feature_name" not in var.columns:
+        raise InputError("var column 'feature_name' missing")
+    matrix = _csr_float32(counts)
+    genes = np.zeros(matrix.shape[1], dtype=bool)
+    for block in _blocks(matrix.indices):
+        genes[block] = True
+    if not genes.all():
+        matrix = matrix[:, genes].tocsr()
+        matrix.sort_indices()
+    columns = [*obs_columns, *(c for c in OPTIONAL_OBS_COLUMNS if c in obs.columns)]
+    new_var = pd.DataFrame(
+        {"feature_name": var["feature_name"].astype(str).to_numpy()[genes]},
+        index=var.index[genes].astype(str),
+    )
+    new_obs = _tidy_obs(obs, columns)
+    new_obs.index = new_obs.index.astype(str)
+    log.info("dropped %d genes with zero counts; %d kept", int((~genes).sum()), int(genes.sum()))
+    return ad.AnnData(X=matrix, obs=new_obs, var=new_var)
+
+
+def filter_metrics(
+    selection: CellSelection,
+    *,
+    n_cells_in: int,
+    n_genes_in: int,
+    filtered: ad.AnnData,
+    cell_types_in: int,
+) -> dict[str, Any]:
+    """Summarise what the filter did, for ``metrics/filter.json``.
+
+    Parameters
+    ----------
+    selection
+        Result of :func:`select_cells`.
+    n_cells_in, n_genes_in
+        Size of the input.
+    filtered
+        The output of :func:`assemble_filtered`.
+    cell_types_in
+        Number of distinct cell types in the input.
+
+    Returns
+    -------
+    dict
+        Counts in and out, the cut-off, and what each rule removed.
+    """
+    per_donor = selection.cells_per_donor
+    return {
+        "cells_in": n_cells_in,
+        "donors_in": len(per_donor),
+        "genes_in": n_genes_in,
+        "cell_types_in": cell_types_in,
+        "cutoff_cells_per_donor": selection.cutoff,
+        "min_cells_per_donor": selection.min_cells_per_donor,
+        "cells_removed": dict(selection.cells_removed),
+        "donor_cutoff": {
+            "donors_removed": len(selection.donors_removed_cutoff),
+            "donors": selection.donors_removed_cutoff,
+        },
+        "cell_type_prevalence": {
+            "cell_types_removed": len(selection.cell_types_removed),
+            "cell_types": selection.cell_types_removed,
+        },
+        "donor_completeness": {
+            "donors_removed": len(selection.donors_removed_cell_types),
+            "donors": selection.donors_removed_cell_types,
+        },
+        "zero_count_genes_removed": n_genes_in - filtered.n_vars,
+        "cells_out": filtered.n_obs,
+        "donors_out": int(filtered.obs[DONOR_KEY].nunique()),
+        "genes_out": filtered.n_vars,
+        "cell_types_out": int(filtered.obs[CELL_TYPE_KEY].nunique()),
+        "cell_types_kept": selection.cell_types_kept,
+    }
+
+
+def donor_table(selection: CellSelection, filtered: ad.AnnData) -> pd.DataFrame:
+    """Tabulate cells per donor before and after filtering.
+
+    Parameters
+    ----------
+    selection
+        Result of :func:`select_cells`.
+    filtered
+        The filtered AnnData.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``donor_id``, ``n_cells`` (input), ``passes_cutoff`` (rule 1),
+        ``kept`` (after all rules) and ``n_cells_kept``; sorted by ``n_cells``.
+    """
+    per_donor = selection.cells_per_donor
+    kept_cells = filtered.obs[DONOR_KEY].astype(str).value_counts()
+    table = pd.DataFrame(
+        {
+            "donor_id": per_donor.index.astype(str),
+            "n_cells": per_donor.to_numpy(),
+            "passes_cutoff": ~per_donor.index.isin(selection.donors_removed_cutoff),
+            "n_cells_kept": kept_cells.reindex(per_donor.index, fill_value=0).to_numpy(),
+        }
+    )
+    table.insert(3, "kept", table["n_cells_kept"] > 0)
+    return table.sort_values(["n_cells", "donor_id"], kind="stable").reset_index(drop=True)
+
+
+def plot_cells_per_donor(table: pd.DataFrame, *, cutoff: float) -> Any:
+    """Bar chart of cells per donor, sorted, with the cut-off line.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`donor_table`.
+    cutoff
+        The percentile cut-off (cells).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (not attached to pyplot).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(table))), 4.0))
+    ax = fig.add_subplot()
+    colours = np.where(
+        table["kept"], "tab:blue", np.where(table["passes_cutoff"], "tab:orange", "tab:red")
+    )
+    ax.bar(np.arange(len(table)), table["n_cells"], color=colours, width=1.0, linewidth=0)
+    line = ax.axhline(cutoff, color="black", linestyle="--", linewidth=1)
+    handles = [
+        line,
+        Patch(color="tab:blue", label="kept"),
+        Patch(color="tab:orange", label="lacks a kept cell type"),
+        Patch(color="tab:red", label="below the cut-off"),
+    ]
+    labels = [f"cut-off {cutoff:.1f} cells", "kept", "lacks a kept cell type", "below the cut-off"]
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
+    ax.set_xlabel(f"donors, sorted by cells ({len(table)})")
+    ax.set_ylabel("cells per donor")
+    ax.set_xlim(-0.5, len(table) - 0.5)
+    return fig

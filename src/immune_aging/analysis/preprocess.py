@@ -1,0 +1,504 @@
+"""Normalisation, highly variable genes and PCA (stage ``preprocess``).
+
+Steps and choices:
+
+1. Highly variable genes with Seurat v3's method (``flavor="seurat_v3"``) on
+   the raw counts, per donor (``batch_key``), exactly as
+   :func:`scanpy.pp.highly_variable_genes` combines batches (rank genes by
+   normalised variance in each donor, keep the ``n_top_genes`` with the best
+   median rank, ties broken by the number of donors where the gene is variable).
+   Each donor is fitted on its own so that a donor whose loess fit is impossible
+   is left out of the ranking (and reported) instead of failing the whole run:
+   donors with fewer than 2 cells or fewer than :data:`MIN_VARIABLE_GENES` genes
+   of non-zero variance are skipped before fitting (the loess library aborts the
+   process on such input), and donors whose fit fails are skipped after.
+2. Genes whose symbol matches ``blocklist_regex`` (immune-receptor segments,
+   mitochondrial, ribosomal) are removed from the HVG set, which then holds
+   fewer than ``n_top_genes`` genes (as in the seed workflow; the set is not
+   refilled).
+3. Counts are normalised to ``target_sum`` per cell (the cell's total over all
+   genes, as :func:`scanpy.pp.normalize_total`) and log1p-transformed; only the
+   HVG columns are materialised, so no full normalised matrix is ever held.
+4. PCA on those genes, centred but **not scaled** to unit variance: the seed
+   workflow does not scale, sc-best-practices does not either, and scaling
+   would densify a cells x HVGs matrix (12 GB for OneK1K). The ARPACK solver is
+   seeded, so the result is deterministic for a given thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from immune_aging.analysis import genes
+from immune_aging.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: donors with fewer genes of non-zero variance are not fitted (the loess needs points)
+MIN_VARIABLE_GENES = 10
+OBS_COLUMNS = ("donor_id", "cell_type", "sex")
+
+
+def _batch_rows(labels: np.ndarray) -> dict[str, np.ndarray]:
+    order = np.argsort(labels, kind="stable")
+    values, starts = np.unique(labels[order], return_index=True)
+    bounds = [*starts[1:], len(labels)]
+    return {str(v): order[a:b] for v, a, b in zip(values, starts, bounds, strict=True)}
+
+
+def _variable_genes(counts: sparse.csr_matrix) -> int:
+    """Count genes with non-zero variance (at least two distinct values) in ``counts``."""
+    if counts.shape[0] < 2:
+        return 0
+    present = np.bincount(counts.indices, minlength=counts.shape[1])
+    squares = np.bincount(counts.indices, weights=counts.data**2, minlength=counts.shape[1])
+    sums = np.bincount(counts.indices, weights=counts.data, minlength=counts.shape[1])
+    n = counts.shape[0]
+    var = squares / n - (sums / n) ** 2
+    return int(((present > 0) & (var > 1e-12)).sum())
+
+
+def _column_mean_var(X: sparse.csr_matrix, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased variance of each column, summed block by block (no copy of X)."""
+    sums = np.zeros(X.shape[1], dtype=np.float64)
+    squares = np.zeros(X.shape[1], dtype=np.float64)
+    for lo in range(0, X.nnz, block):
+        idx, val = X.indices[lo : lo + block], X.data[lo : lo + block].astype(np.float64)
+        sums += np.bincount(idx, weights=val, minlength=X.shape[1])
+        squares += np.bincount(idx, weights=val * val, minlength=X.shape[1])
+    n = X.shape[0]
+    means = sums / max(n, 1)
+    variances = (squares / max(n, 1) - means**2) * (n / (n - 1) if n > 1 else 1.0)
+    return means, variances
+
+
+def highly_variable_genes(
+    adata: ad.AnnData,
+    *,
+    n_top_genes: int,
+    span: float,
+    batch_key: str = "donor_id",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Select highly variable genes with Seurat v3's method, batch by batch.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X`` (not modified).
+    n_top_genes
+        Genes to select.
+    span
+        Loess span of the mean-variance fit.
+    batch_key
+        obs column of the batches (donors).
+
+    Returns
+    -------
+    tuple
+        ``(table, info)``. ``table`` has one row per gene (index ``var_names``):
+        ``means``, ``variances`` (all cells), ``variances_norm`` (mean over fitted
+        batches), ``highly_variable_rank`` (median rank among batches where the
+        gene is in the top ``n_top_genes``; NaN elsewhere),
+        ``highly_variable_nbatches`` and ``highly_variable``. ``info`` lists the
+        batches used and skipped (with the reason).
+
+    Raises
+    ------
+    InputError
+        If ``batch_key`` is missing or no batch can be fitted.
+    """
+    import scanpy as sc
+
+    if batch_key not in adata.obs.columns:
+        raise InputError(f"obs column {batch_key!r} missing")
+    X = sparse.csr_matrix(adata.X)
+    labels = adata.obs[batch_key].astype(str).to_numpy()
+    norm_vars, used, skipped = [], [], {}
+    for batch, rows in _batch_rows(labels).items():
+        sub = X[rows]
+        if _variable_genes(sub) < MIN_VARIABLE_GENES:
+            skipped[batch] = f"{len(rows)} cells, too few variable genes for the loess fit"
+            continue
+        try:
+            df = sc.pp.highly_variable_genes(
+                ad.AnnData(X=sub, var=pd.DataFrame(index=adata.var_names)),
+                flavor="seurat_v3",
+                n_top_genes=n_top_genes,
+                span=span,
+                check_values=False,
+                inplace=False,
+            )
+        except ValueError as exc:  # skmisc reports a failed loess fit as ValueError
+            skipped[batch] = f"{len(rows)} cells, loess fit failed ({exc})"
+            continue
+        norm_vars.append(df["variances_norm"].to_numpy(dtype=np.float64))
+        used.append(batch)
+    for batch, reason in skipped.items():
+        log.warning("HVG: batch %s skipped: %s", batch, reason)
+    if not used:
+        raise InputError(
+            f"obs column {batch_key!r}: no batch allows the seurat_v3 loess fit "
+            f"({len(skipped)} batches skipped)"
+        )
+    norm = np.vstack(norm_vars)
+    # ranks per batch, then scanpy's combination (SelectIntegrationFeatures in Seurat)
+    ranked = np.argsort(np.argsort(-norm, axis=1), axis=1).astype(np.float32)
+    nbatches = (ranked < n_top_genes).sum(axis=0)
+    ranked[ranked >= n_top_genes] = np.nan
+    median_rank = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
+    means, variances = _column_mean_var(X)
+    table = pd.DataFrame(
+        {
+            "means": means,
+            "variances": variances,
+            "variances_norm": norm.mean(axis=0),
+            "highly_variable_rank": median_rank,
+            "highly_variable_nbatches": nbatches.astype(np.int64),
+        },
+        index=adata.var_names.copy(),
+    )
+    order = (
+        table[["highly_variable_rank", "highly_variable_nbatches"]]
+        .sort_values(
+            ["highly_variable_rank", "highly_variable_nbatches"],
+            ascending=[True, False],
+            na_position="last",
+        )
+        .index
+    )
+    table["highly_variable"] = table.index.isin(order[: int(n_top_genes)])
+    info = {"batches_used": len(used), "batches_skipped": skipped}
+    log.info(
+        "%d HVGs from %d batches (%d skipped)",
+        table["highly_variable"].sum(),
+        len(used),
+        len(skipped),
+    )
+    return table, info
+
+
+def block_genes(symbols: pd.Series, *, regex: str) -> np.ndarray:
+    """Flag genes whose symbol matches the blocklist.
+
+    Parameters
+    ----------
+    symbols
+        Gene symbols (``var['feature_name']``).
+    regex
+        Regular expression searched in each symbol.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask.
+
+    Raises
+    ------
+    InputError
+        If ``regex`` is not a valid regular expression.
+    """
+    try:
+        return genes.match_symbols(symbols, regex=regex)
+    except re.error as exc:
+        raise InputError(
+            f"preprocess.blocklist_regex: not a valid regular expression ({exc})"
+        ) from None
+
+
+def log_normalise(counts: Any, *, columns: np.ndarray, target_sum: float) -> sparse.csr_matrix:
+    """Normalise each cell to ``target_sum`` and log1p-transform, for some genes.
+
+    Equal to :func:`scanpy.pp.normalize_total` (no highly-expressed exclusion) then
+    :func:`scanpy.pp.log1p`, restricted afterwards to ``columns``; the size
+    factor uses the cell's total over all genes.
+
+    Parameters
+    ----------
+    counts
+        Raw counts, cells x genes (not modified).
+    columns
+        Boolean mask of the genes to return.
+    target_sum
+        Counts per cell after normalisation.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32, cells x selected genes.
+    """
+    X = sparse.csr_matrix(counts)
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    sub = X[:, np.asarray(columns, dtype=bool)]  # a new matrix: scaled in place below
+    sub = sub.astype(np.float32) if sub.dtype != np.float32 else sub
+    if np.shares_memory(sub.data, X.data):  # never write into the input
+        sub = sub.copy()
+    sub.data *= np.repeat(scale.astype(np.float32), np.diff(sub.indptr))
+    np.log1p(sub.data, out=sub.data)
+    return sparse.csr_matrix(sub)
+
+
+def run_pca(data: sparse.csr_matrix, *, n_comps: int, seed: int) -> dict[str, np.ndarray]:
+    """Principal components of a cells x genes matrix (centred, not scaled).
+
+    Parameters
+    ----------
+    data
+        Log-normalised expression of the PCA genes (not modified).
+    n_comps
+        Components to compute; must be below both dimensions.
+    seed
+        Random state of the ARPACK start vector.
+
+    Returns
+    -------
+    dict
+        ``X_pca`` (cells x comps), ``PCs`` (genes x comps), ``variance`` and
+        ``variance_ratio`` (per component).
+
+    Raises
+    ------
+    InputError
+        If ``n_comps`` is not below the number of cells and of genes.
+    """
+    import scanpy as sc
+
+    if n_comps >= min(data.shape):
+        raise InputError(
+            f"preprocess.n_comps={n_comps}: needs more cells and PCA genes than components "
+            f"(have {data.shape[0]} cells, {data.shape[1]} genes)"
+        )
+    adata = ad.AnnData(X=data.copy())
+    sc.pp.pca(adata, n_comps=n_comps, svd_solver="arpack", zero_center=True, random_state=seed)
+    return {
+        "X_pca": np.asarray(adata.obsm["X_pca"]),
+        "PCs": np.asarray(adata.varm["PCs"]),
+        "variance": np.asarray(adata.uns["pca"]["variance"]),
+        "variance_ratio": np.asarray(adata.uns["pca"]["variance_ratio"]),
+    }
+
+
+def preprocess(
+    adata: ad.AnnData,
+    *,
+    keep: np.ndarray,
+    target_sum: float,
+    n_top_genes: int,
+    hvg_span: float,
+    blocklist_regex: str,
+    n_comps: int,
+    seed: int,
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """Run HVG selection, blocklisting, normalisation and PCA on the kept cells.
+
+    Parameters
+    ----------
+    adata
+        Filtered raw counts in ``X`` with obs ``donor_id``, ``cell_type``, ``sex`` and
+        var ``feature_name`` (not modified).
+    keep
+        Boolean mask of the cells to use (QC ``keep``).
+    target_sum, n_top_genes, hvg_span, blocklist_regex, n_comps, seed
+        See ``params.yaml: preprocess``.
+
+    Returns
+    -------
+    tuple
+        ``(result, info)``: an AnnData of the kept cells without ``X``, obs
+        ``donor_id, cell_type, sex, total_counts``, var (all genes) ``feature_name``
+        and the HVG columns plus ``blocked`` and ``used_for_pca``, ``obsm['X_pca']``,
+        ``varm['PCs']`` (zero rows for genes not used), ``uns['pca']`` and
+        ``uns['hvg']``; and a summary dict.
+    """
+    missing = [c for c in OBS_COLUMNS if c not in adata.obs.columns]
+    if missing:
+        raise InputError(f"obs column {missing[0]!r} missing")
+    if "feature_name" not in adata.var.columns:
+        raise InputError("var column 'feature_name' missing")
+    keep = np.asarray(keep, dtype=bool)
+    if not keep.any():
+        raise InputError("no cell is kept by QC")
+    # one copy of the kept cells' counts at most (none when every cell is kept)
+    counts = sparse.csr_matrix(adata.X if keep.all() else adata.X[keep])
+    cells = ad.AnnData(X=counts, obs=adata.obs.loc[keep], var=adata.var)
+    blocked = block_genes(adata.var["feature_name"], regex=blocklist_regex)
+    hvg, hvg_info = highly_variable_genes(
+        cells, n_top_genes=n_top_genes, span=hvg_span, batch_key="donor_id"
+    )
+    used = hvg["highly_variable"].to_numpy() & ~blocked
+    if not used.any():
+        raise InputError(
+            "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
+        )
+    data = log_normalise(counts, columns=used, target_sum=target_sum)
+    pca = run_pca(data, n_comps=n_comps, seed=seed)
+
+    obs = cells.obs.loc[:, list(OBS_COLUMNS)].copy()
+    for col in OBS_COLUMNS:
+        if isinstance(obs[col].dtype, pd.CategoricalDtype):
+            obs[col] = obs[col].cat.remove_unused_categories()
+    obs["total_counts"] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    var = pd.concat(
+        [adata.var[["feature_name"]].astype(str), hvg.set_axis(adata.var_names)], axis=1
+    )
+    var["blocked"] = blocked
+    var["used_for_pca"] = used
+    pcs = np.zeros((adata.n_vars, n_comps), dtype=pca["PCs"].dtype)
+    pcs[used] = pca["PCs"]
+    hvg_uns = {
+        "flavor": "seurat_v3",
+        "n_top_genes": n_top_genes,
+        "span": hvg_span,
+        "batch_key": "donor_id",
+        "batches_used": hvg_info["batches_used"],
+        "batches_skipped": sorted(hvg_info["batches_skipped"]),
+    }
+    pca_uns = {
+        "variance": pca["variance"],
+        "variance_ratio": pca["variance_ratio"],
+        "params": {
+            "n_comps": n_comps,
+            "svd_solver": "arpack",
+            "zero_center": True,
+            "scaled": False,
+            "target_sum": target_sum,
+            "log1p": True,
+        },
+    }
+    result = ad.AnnData(
+        obs=obs,
+        var=var,
+        obsm={"X_pca": pca["X_pca"]},
+        varm={"PCs": pcs},
+        uns={"pca": pca_uns, "hvg": hvg_uns},
+    )
+    ratio = pca["variance_ratio"]
+    info = {
+        "cells": int(result.n_obs),
+        "genes": int(result.n_vars),
+        "hvg_found": int(hvg["highly_variable"].sum()),
+        "hvg_blocked": int((hvg["highly_variable"].to_numpy() & blocked).sum()),
+        "hvg_used": int(used.sum()),
+        "genes_blocked": int(blocked.sum()),
+        "hvg_batches_used": hvg_info["batches_used"],
+        "hvg_batches_skipped": hvg_info["batches_skipped"],
+        "n_comps": n_comps,
+        "variance_ratio_pc1": float(ratio[0]),
+        "variance_explained_first_10": float(ratio[:10].sum()),
+        "variance_explained_all": float(ratio.sum()),
+    }
+    return result, info
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_pca(result: ad.AnnData, *, max_cells: int = 50_000, seed: int = 0) -> Any:
+    """PC1 vs PC2 coloured by cell type, and by total counts.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`preprocess`.
+    max_cells
+        Cells drawn at most (a seeded random sample).
+    seed
+        Sampling seed.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
+    import matplotlib
+    from matplotlib import colors
+    from matplotlib.figure import Figure
+
+    n = result.n_obs
+    rows = np.arange(n)
+    if n > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    xy = result.obsm["X_pca"][rows, :2]
+    fig = Figure(figsize=(13, 5))
+    ax1, ax2 = fig.subplots(1, 2)
+    types = result.obs["cell_type"].astype(str).to_numpy()[rows]
+    palette = matplotlib.colormaps["tab20"]
+    for i, label in enumerate(sorted(set(types))):
+        sel = types == label
+        ax1.scatter(
+            xy[sel, 0], xy[sel, 1], s=2, color=palette(i % 20), label=label, rasterized=True
+        )
+    ax1.legend(markerscale=4, fontsize=7, loc="best", frameon=False)
+    ax1.set_title("cell type")
+    total = result.obs["total_counts"].to_numpy()[rows]
+    points = ax2.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        s=2,
+        c=total,
+        cmap="viridis",
+        norm=colors.LogNorm(vmin=max(total.min(), 1), vmax=max(total.max(), 2)),
+        rasterized=True,
+    )
+    fig.colorbar(points, ax=ax2, label="total counts")
+    ax2.set_title("total counts")
+    ratio = result.uns["pca"]["variance_ratio"]
+    for ax in (ax1, ax2):
+        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f} %)")
+        ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f} %)")
+    return fig
+
+
+def variance_table(result: ad.AnnData) -> pd.DataFrame:
+    """Variance explained per principal component.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`preprocess`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``pc`` (1-based), ``variance``, ``variance_ratio``, ``cumulative``.
+    """
+    ratio = np.asarray(result.uns["pca"]["variance_ratio"], dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "pc": np.arange(1, len(ratio) + 1),
+            "variance": np.asarray(result.uns["pca"]["variance"], dtype=np.float64),
+            "variance_ratio": ratio,
+            "cumulative": np.cumsum(ratio),
+        }
+    )
+
+
+def plot_elbow(table: pd.DataFrame) -> Any:
+    """Elbow plot of the variance ratio per component.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`variance_table`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(table["pc"], table["variance_ratio"], marker="o", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("variance ratio")
+    return fig

@@ -1,0 +1,312 @@
+"""Donor and cell-type prevalence filter: rules, assembly, and the ``filter`` stage."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+from tests.conftest import tiny_params, write_params
+
+from immune_aging import io
+from immune_aging.analysis import filtering
+from immune_aging.errors import InputError
+from immune_aging.stages import filter as stage
+
+
+def make_obs(layout: dict[str, dict[str, int]], *, pool: bool = False) -> pd.DataFrame:
+    """Cells from ``{donor: {cell_type: n_cells}}``, in that order."""
+    rows = []
+    for donor, types in layout.items():
+        for ctype, n in types.items():
+            rows += [(donor, ctype)] * n
+    obs = pd.DataFrame(rows, columns=["donor_id", "cell_type"])
+    obs.index = [f"cell{i}" for i in range(len(obs))]
+    obs["development_stage"] = "63-year-old human stage"
+    obs["sex"] = "female"
+    if pool:
+        obs["pool"] = "P1"
+    return obs
+
+
+def select(obs, **kw):
+    params = {"cutoff_percentile": 0.0, "min_cells_per_celltype": 2, "percent_donors": 1.0}
+    return filtering.select_cells(obs, **{**params, **kw})
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def test_cutoff_percentile_rounds_down_and_drops_small_donors():
+    obs = make_obs({"d1": {"A": 3}, "d2": {"A": 5}, "d3": {"A": 7}})
+    # 50th percentile of (3, 5, 7) is 5: d1 (3 cells) goes
+    sel = select(obs, cutoff_percentile=50.0)
+    assert sel.cutoff == 5.0
+    assert sel.min_cells_per_donor == 5
+    assert sel.donors_removed_cutoff == ["d1"]
+    assert sel.keep.tolist() == [False] * 3 + [True] * 12
+    # 60th percentile is 5.4, rounded down to 5: d2 stays
+    assert select(obs, cutoff_percentile=60.0).donors_removed_cutoff == ["d1"]
+
+
+def test_cell_type_absent_in_some_donors_is_dropped():
+    obs = make_obs(
+        {"d1": {"A": 3, "B": 2}, "d2": {"A": 3}, "d3": {"A": 3, "B": 3}, "d4": {"A": 4}}
+    )
+    sel = select(obs, percent_donors=0.75)
+    assert sel.cell_types_kept == ["A"]
+    assert sel.cell_types_removed == ["B"]
+    assert sel.cells_removed == {
+        "missing_donor": 0,
+        "donor_cutoff": 0,
+        "cell_type_prevalence": 5,
+        "donor_completeness": 0,
+    }
+    assert int(sel.keep.sum()) == 13
+    # at half the donors B qualifies; then d2 and d4 lack it and are dropped
+    sel = select(obs, percent_donors=0.5)
+    assert sel.cell_types_kept == ["A", "B"]
+    assert sel.donors_removed_cell_types == ["d2", "d4"]
+    assert sel.cells_removed["donor_completeness"] == 7
+    assert int(sel.keep.sum()) == 11
+
+
+def test_prevalence_tolerates_float_rounding():
+    # 0.95 * 20 is 18.999999999999996 in floating point: 19 donors must suffice
+    layout = {f"d{i:02d}": {"A": 2} for i in range(19)}
+    layout["d19"] = {"A": 1}
+    sel = select(make_obs(layout), percent_donors=0.95)
+    assert sel.cell_types_kept == ["A"]
+
+
+def test_rules_do_not_modify_obs():
+    obs = make_obs({"d1": {"A": 3, "B": 1}, "d2": {"A": 3}})
+    obs["cell_type"] = obs["cell_type"].astype("category")
+    before = obs.copy()
+    select(obs)
+    pd.testing.assert_frame_equal(obs, before)
+
+
+def test_no_cell_type_left_names_the_params():
+    obs = make_obs({"d1": {"A": 1}, "d2": {"A": 1}})
+    with pytest.raises(InputError) as err:
+        select(obs, min_cells_per_celltype=10, percent_donors=0.95)
+    assert str(err.value) == (
+        "filter.min_cells_per_celltype=10 and filter.percent_donors=0.95 keep no cell type: "
+        "none has >= 10 cells in >= 1.9 of 2 donors"
+    )
+
+
+def test_no_cell_left_names_the_param():
+    # A and B each reach 2 cells in one of two donors: both kept at 50 %, no donor has both
+    obs = make_obs({"d1": {"A": 2, "B": 1}, "d2": {"A": 1, "B": 2}})
+    with pytest.raises(InputError) as err:
+        select(obs, percent_donors=0.5)
+    assert str(err.value) == (
+        "filter.min_cells_per_celltype=2 leaves no cell: no donor has >= 2 cells of every "
+        "kept cell type (2 types)"
+    )
+
+
+def test_missing_column_is_named():
+    obs = make_obs({"d1": {"A": 2}}).drop(columns="cell_type")
+    with pytest.raises(InputError, match=r"^obs column 'cell_type' missing$"):
+        select(obs)
+
+
+def test_cells_per_group_counts_zero_for_absent_pairs():
+    obs = make_obs({"d1": {"A": 2, "B": 1}, "d2": {"B": 3}})
+    table = filtering.cells_per_group(obs, keys=["donor_id", "cell_type"])
+    assert table.loc["d2", "A"] == 0
+    assert table.loc["d2", "B"] == 3
+    assert filtering.cells_per_group(obs, keys=["donor_id"]).to_dict() == {"d1": 3, "d2": 3}
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def test_assemble_drops_zero_genes_and_tidies_metadata():
+    obs = make_obs({"d1": {"A": 2}, "d2": {"A": 1}}, pool=True)
+    obs["donor_id"] = pd.Categorical(obs["donor_id"], categories=["d0", "d1", "d2"])
+    obs["extra"] = 1
+    var = pd.DataFrame({"feature_name": ["G1", "G2", "G3"], "other": 0}, index=["E1", "E2", "E3"])
+    counts = np.array([[1, 0, 2], [0, 0, 1], [3, 0, 0]], dtype=np.int64)
+    out = filtering.assemble_filtered(counts, obs, var)
+    assert out.var_names.tolist() == ["E1", "E3"]  # E2 has no count
+    assert out.var.columns.tolist() == ["feature_name"]
+    assert out.obs.columns.tolist() == [
+        "donor_id",
+        "cell_type",
+        "development_stage",
+        "sex",
+        "pool",
+    ]
+    assert out.obs["donor_id"].cat.categories.tolist() == ["d1", "d2"]
+    assert isinstance(out.X, sparse.csr_matrix)
+    assert out.X.dtype == np.float32
+    np.testing.assert_array_equal(out.X.toarray(), [[1, 2], [0, 1], [3, 0]])
+    assert counts[0, 2] == 2  # input untouched
+    assert obs["donor_id"].cat.categories.tolist() == ["d0", "d1", "d2"]
+
+
+def test_assemble_shares_a_canonical_matrix_and_copies_anything_else():
+    obs = make_obs({"d1": {"A": 2}})
+    var = pd.DataFrame({"feature_name": ["G1", "G2"]}, index=["E1", "E2"])
+    canonical = sparse.csr_matrix(np.array([[1, 0], [2, 3]], dtype=np.float32))
+    assert filtering.assemble_filtered(canonical, obs, var).X is canonical
+    with_zero = sparse.csr_matrix(
+        (np.array([1, 0, 2, 3], dtype=np.float32), [0, 1, 0, 1], [0, 2, 4]), shape=(2, 2)
+    )
+    out = filtering.assemble_filtered(with_zero, obs, var)
+    assert out.X is not with_zero
+    assert with_zero.nnz == 4
+    assert out.X.nnz == 3
+
+
+def test_assemble_rejects_mismatched_shapes_and_missing_symbols():
+    obs = make_obs({"d1": {"A": 2}})
+    var = pd.DataFrame({"feature_name": ["G1"]}, index=["E1"])
+    with pytest.raises(InputError, match=r"counts shape \(2, 2\) does not match"):
+        filtering.assemble_filtered(np.ones((2, 2)), obs, var)
+    with pytest.raises(InputError, match=r"^var column 'feature_name' missing$"):
+        filtering.assemble_filtered(np.ones((2, 1)), obs, var.drop(columns="feature_name"))
+
+
+def test_donor_table_and_plot():
+    obs = make_obs({"d1": {"A": 1}, "d2": {"A": 3}, "d3": {"A": 2, "B": 2}})
+    sel = select(obs, cutoff_percentile=50.0, percent_donors=0.5)
+    counts = np.ones((len(obs), 2))
+    out = filtering.assemble_filtered(counts[sel.keep], obs[sel.keep], _var(2))
+    table = filtering.donor_table(sel, out)
+    assert table.columns.tolist() == [
+        "donor_id",
+        "n_cells",
+        "passes_cutoff",
+        "kept",
+        "n_cells_kept",
+    ]
+    assert table["donor_id"].tolist() == ["d1", "d2", "d3"]
+    assert table["passes_cutoff"].tolist() == [False, True, True]
+    assert table["kept"].tolist() == [False, False, True]
+    assert table["n_cells_kept"].tolist() == [0, 0, 4]
+    fig = filtering.plot_cells_per_donor(table, cutoff=sel.cutoff)
+    assert fig.axes[0].get_ylabel() == "cells per donor"
+
+
+def _var(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"feature_name": [f"G{i}" for i in range(n)]}, index=[f"ENSG{i:011d}" for i in range(n)]
+    )
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def dataset(*, dense: bool = False, raw: bool = False) -> ad.AnnData:
+    """Three donors; d3 is small, cell type C is rare; gene 3 has no count."""
+    rng = np.random.default_rng(0)
+    obs = make_obs(
+        {
+            "d1": {"A": 12, "B": 10, "C": 1},
+            "d2": {"A": 11, "B": 12, "C": 12},
+            "d3": {"A": 3},
+        }
+    )
+    obs["donor_id"] = obs["donor_id"].astype("category")
+    counts = rng.poisson(2.0, (len(obs), 6)).astype(np.float32)
+    counts[:, 3] = 0
+    X = counts if dense else sparse.csr_matrix(counts)
+    adata = ad.AnnData(X=X, obs=obs, var=_var(6))
+    if raw:
+        adata.raw = adata.copy()
+        adata.X = sparse.csr_matrix(np.log1p(counts / 3.0))
+    return adata
+
+
+def run_stage(tmp_path, monkeypatch, adata=None, **filter_params):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", "logs")
+    params = {"cutoff_percentile": 50.0, "min_cells_per_celltype": 10, "percent_donors": 0.6}
+    write_params(tmp_path / "params.yaml", tiny_params(filter={**params, **filter_params}))
+    if adata is not None:
+        io.write_h5ad(adata, "dataset.h5ad")
+    argv = ["--params", "params.yaml", "--input", "dataset.h5ad", "--out", "out/filtered.h5ad"]
+    argv += ["--metrics", "out/filter.json", "--plots", "out/plots"]
+    return stage.main(argv), tmp_path / "out"
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense", "raw"])
+def test_stage_writes_filtered_counts(tmp_path, monkeypatch, layout):
+    adata = dataset(dense=layout == "dense", raw=layout == "raw")
+    code, out = run_stage(tmp_path, monkeypatch, adata)
+    assert code == 0
+    filtered = io.read_h5ad(out / "filtered.h5ad")
+    # d3 is below the median donor size; C is rare; d1 lacks C? no: C is dropped first
+    assert sorted(filtered.obs["donor_id"].unique()) == ["d1", "d2"]
+    assert sorted(filtered.obs["cell_type"].unique()) == ["A", "B"]
+    assert filtered.n_obs == 12 + 10 + 11 + 12
+    assert filtered.var_names.tolist() == [f"ENSG{i:011d}" for i in (0, 1, 2, 4, 5)]
+    assert isinstance(filtered.X, sparse.csr_matrix)
+    assert filtered.X.dtype == np.float32
+    source = adata.raw.X if layout == "raw" else adata.X
+    source = source.toarray() if sparse.issparse(source) else source
+    rows = adata.obs_names.get_indexer(filtered.obs_names)
+    np.testing.assert_array_equal(filtered.X.toarray(), source[rows][:, [0, 1, 2, 4, 5]])
+    assert filtered.uns["provenance"]["stage"] == "filter"
+    assert list(json.loads(filtered.uns["provenance"]["inputs"])) == ["dataset.h5ad"]
+    metrics = json.loads((out / "filter.json").read_text())
+    assert metrics["cells_in"] == adata.n_obs
+    assert metrics["cells_out"] == filtered.n_obs
+    assert metrics["donor_cutoff"]["donors"] == ["d3"]
+    assert metrics["cell_type_prevalence"]["cell_types"] == ["C"]
+    assert metrics["cells_removed"]["cell_type_prevalence"] == 13
+    assert metrics["zero_count_genes_removed"] == 1
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "cells_per_donor.csv",
+        "cells_per_donor.png",
+    ]
+    csv = pd.read_csv(out / "plots" / "cells_per_donor.csv")
+    assert csv["n_cells"].tolist() == [3, 23, 35]
+
+
+def test_stage_is_deterministic(tmp_path, monkeypatch):
+    code, out = run_stage(tmp_path, monkeypatch, dataset())
+    first = {p.name: p.read_bytes() for p in [out / "filtered.h5ad", *(out / "plots").iterdir()]}
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 0
+    again = {p.name: p.read_bytes() for p in [out / "filtered.h5ad", *(out / "plots").iterdir()]}
+    assert again == first
+
+
+def test_stage_error_writes_nothing(tmp_path, monkeypatch, capsys):
+    code, out = run_stage(tmp_path, monkeypatch, dataset(), min_cells_per_celltype=50)
+    assert code == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "error: filter: filter.min_cells_per_celltype=50 and filter.percent_donors=0.6 keep no "
+        "cell type: none has >= 50 cells in >= 1.2 of 2 donors"
+    )
+
+
+def test_read_counts_checks_every_value(tmp_path):
+    # validation reads a sample of rows; the reader checks all the rows it loads
+    io.write_h5ad(dataset(), tmp_path / "dataset.h5ad")
+    with h5py.File(tmp_path / "dataset.h5ad", "r+") as fh:
+        data = fh["X/data"]
+        data[data.shape[0] - 1] = 0.5
+    keep = np.ones(61, dtype=bool)
+    with pytest.raises(InputError) as err:
+        stage.read_counts(tmp_path / "dataset.h5ad", "X", keep)
+    assert str(err.value) == (
+        f"{tmp_path / 'dataset.h5ad'}: X holds a value that is not a count (0.5): "
+        "raw counts are required"
+    )
+    keep[-1] = False  # the bad value is in a dropped cell: not read into the result
+    counts, genes = stage.read_counts(tmp_path / "dataset.h5ad", "X", keep)
+    assert counts.shape == (60, 5)
+    assert genes.tolist() == [True, True, True, False, True, True]

@@ -1,0 +1,280 @@
+"""HVGs per donor, blocklist, normalisation, PCA, and the ``preprocess`` stage."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from scipy import sparse
+from tests.conftest import tiny_params, write_params
+
+from immune_aging import io
+from immune_aging.analysis import preprocess
+from immune_aging.errors import InputError
+from immune_aging.stages import preprocess as stage
+
+BLOCK = "^(IG[HKL]|TR[ABDG])[VDJC]|^MT-|^RP[SL]"
+
+
+def counts_dataset(sizes=(60, 50, 40), n_genes=200, seed=0) -> ad.AnnData:
+    """Donors of the given sizes, two cell types, NB counts; Ensembl-like var index."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    base = rng.gamma(0.6, 1.0, n_genes)
+    profiles = np.stack([base.copy(), base.copy()])
+    profiles[0, 10:30] *= 12
+    profiles[1, 30:50] *= 12
+    # a receptor and an MT gene vary like markers, so that blocking them matters
+    profiles[0, 2] = profiles[0, 10]
+    profiles[1, 0] = profiles[1, 30]
+    profiles /= profiles.sum(axis=1, keepdims=True)
+    types = rng.integers(0, 2, n)
+    mu = profiles[types] * rng.lognormal(np.log(2000), 0.3, n)[:, None]
+    X = rng.negative_binomial(4, 4 / (4 + mu)).astype(np.float32)
+    symbols = ["MT-CO1", "RPS3", "TRBV20-1", "IGKC", "HBB"]
+    symbols += [f"GENE{i}" for i in range(n_genes - len(symbols))]
+    donors = np.repeat([f"d{i + 1}" for i in range(len(sizes))], sizes)
+    obs = pd.DataFrame(
+        {
+            "donor_id": pd.Categorical(donors),
+            "cell_type": np.where(types == 0, "T cell", "B cell"),
+            "development_stage": "50-year-old stage",
+            "sex": "female",
+        },
+        index=[f"cell{i:03d}" for i in range(n)],
+    )
+    var = pd.DataFrame({"feature_name": symbols}, index=[f"ENSG{i:011d}" for i in range(n_genes)])
+    return ad.AnnData(X=sparse.csr_matrix(X), obs=obs, var=var)
+
+
+# --------------------------------------------------------------------------- HVG
+
+
+def test_hvg_matches_scanpy_batched_seurat_v3():
+    adata = counts_dataset()
+    table, info = preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    ref = sc.pp.highly_variable_genes(
+        adata.copy(),
+        flavor="seurat_v3",
+        n_top_genes=40,
+        span=0.8,
+        batch_key="donor_id",
+        inplace=False,
+    )
+    assert info == {"batches_used": 3, "batches_skipped": {}}
+    assert table["highly_variable"].tolist() == ref["highly_variable"].tolist()
+    for col in ("highly_variable_rank", "highly_variable_nbatches", "variances_norm", "means"):
+        np.testing.assert_allclose(table[col], ref[col], rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(table["variances"], ref["variances"], rtol=1e-5)
+
+
+def test_hvg_skips_a_donor_too_small_for_loess():
+    adata = counts_dataset(sizes=(60, 50, 1))
+    before = adata.copy()
+    table, info = preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    assert info["batches_used"] == 2
+    assert list(info["batches_skipped"]) == ["d3"]
+    assert "too few variable genes" in info["batches_skipped"]["d3"]
+    assert table["highly_variable"].sum() == 40
+    assert (adata.X != before.X).nnz == 0
+
+
+def test_hvg_no_batch_fits():
+    adata = counts_dataset(sizes=(1, 1))
+    with pytest.raises(InputError) as err:
+        preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    assert str(err.value) == (
+        "obs column 'donor_id': no batch allows the seurat_v3 loess fit (2 batches skipped)"
+    )
+
+
+def test_block_genes_by_symbol_and_bad_regex():
+    symbols = pd.Series(["MT-CO1", "RPL13A", "TRAC", "IGHV1-2", "CD3E", "HBB"])
+    assert preprocess.block_genes(symbols, regex=BLOCK).tolist() == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    with pytest.raises(InputError) as err:
+        preprocess.block_genes(symbols, regex="(")
+    assert str(err.value).startswith(
+        "preprocess.blocklist_regex: not a valid regular expression (missing ), unterminated"
+    )
+
+
+def test_log_normalise_equals_scanpy_on_selected_columns():
+    adata = counts_dataset()
+    columns = np.zeros(adata.n_vars, dtype=bool)
+    columns[[3, 10, 20, 150]] = True
+    ours = preprocess.log_normalise(adata.X, columns=columns, target_sum=1e4)
+    ref = adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    np.testing.assert_allclose(ours.toarray(), ref.X[:, columns].toarray(), rtol=1e-5)
+    assert ours.dtype == np.float32
+
+
+def test_run_pca_needs_fewer_components_than_cells_and_genes():
+    data = sparse.csr_matrix(np.random.default_rng(0).poisson(1.0, (30, 8)).astype(np.float32))
+    with pytest.raises(InputError) as err:
+        preprocess.run_pca(data, n_comps=8, seed=0)
+    assert str(err.value) == (
+        "preprocess.n_comps=8: needs more cells and PCA genes than components "
+        "(have 30 cells, 8 genes)"
+    )
+    out = preprocess.run_pca(data, n_comps=3, seed=0)
+    assert out["X_pca"].shape == (30, 3)
+    assert out["PCs"].shape == (8, 3)
+
+
+def run(adata, keep=None, **kw):
+    params = {
+        "target_sum": 1e4,
+        "n_top_genes": 50,
+        "hvg_span": 0.8,
+        "blocklist_regex": BLOCK,
+        "n_comps": 5,
+        "seed": 0,
+    }
+    keep = np.ones(adata.n_obs, dtype=bool) if keep is None else keep
+    return preprocess.preprocess(adata, keep=keep, **(params | kw))
+
+
+def test_preprocess_result_layout():
+    adata = counts_dataset()
+    before = adata.copy()
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[:7] = False
+    result, info = run(adata, keep)
+    assert result.X is None
+    assert result.obs_names.tolist() == adata.obs_names[keep].tolist()
+    assert result.obs.columns.tolist() == ["donor_id", "cell_type", "sex", "total_counts"]
+    np.testing.assert_allclose(result.obs["total_counts"], adata.X[keep].sum(axis=1).A1)
+    assert result.var_names.equals(adata.var_names)
+    for col in ("feature_name", "highly_variable", "highly_variable_rank", "blocked"):
+        assert col in result.var.columns
+    var = result.var
+    assert var.loc[var["feature_name"] == "TRBV20-1", "highly_variable"].item()
+    assert var.loc[var["feature_name"] == "TRBV20-1", "blocked"].item()
+    assert not var.loc[var["feature_name"] == "TRBV20-1", "used_for_pca"].item()
+    assert (var["used_for_pca"] == (var["highly_variable"] & ~var["blocked"])).all()
+    assert result.obsm["X_pca"].shape == (keep.sum(), 5)
+    assert result.varm["PCs"].shape == (adata.n_vars, 5)
+    assert not result.varm["PCs"][~var["used_for_pca"].to_numpy()].any()
+    assert len(result.uns["pca"]["variance_ratio"]) == 5
+    assert result.uns["pca"]["params"]["scaled"] is False
+    assert info["hvg_found"] == 50
+    assert info["hvg_used"] == 50 - info["hvg_blocked"]
+    assert info["hvg_blocked"] >= 2
+    # PC1 separates the two cell types
+    pc1 = result.obsm["X_pca"][:, 0]
+    types = result.obs["cell_type"].to_numpy()
+    assert abs(pc1[types == "T cell"].mean() - pc1[types == "B cell"].mean()) > pc1.std()
+    assert (adata.X != before.X).nnz == 0
+    assert adata.obs.equals(before.obs) and adata.var.equals(before.var)
+
+
+def test_preprocess_blocklist_removing_everything():
+    with pytest.raises(InputError) as err:
+        run(counts_dataset(), blocklist_regex=".")
+    assert str(err.value) == (
+        "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
+    )
+
+
+def test_plots_and_variance_table():
+    result, _ = run(counts_dataset())
+    table = preprocess.variance_table(result)
+    assert table["pc"].tolist() == [1, 2, 3, 4, 5]
+    assert table["cumulative"].iloc[-1] == pytest.approx(table["variance_ratio"].sum())
+    assert len(preprocess.plot_pca(result).axes) == 3  # two panels and a colour bar
+    assert preprocess.plot_elbow(table).axes[0].get_yscale() == "log"
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def write_inputs(tmp_path, adata, keep):
+    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    table = pd.DataFrame({"keep": keep}, index=pd.Index(adata.obs_names, name="cell_id"))
+    io.write_parquet(table, tmp_path / "cells.parquet")
+
+
+def run_stage(tmp_path, monkeypatch, **pre_params):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", "logs")
+    params = {"n_top_genes": 40, "n_comps": 5} | pre_params
+    write_params(tmp_path / "params.yaml", tiny_params(preprocess=params))
+    argv = ["--params", "params.yaml", "--input", "filtered.h5ad", "--cells", "cells.parquet"]
+    argv += ["--out", "out/pca.h5ad", "--metrics", "out/preprocess.json", "--plots", "out/plots"]
+    return stage.main(argv), tmp_path / "out"
+
+
+def test_stage_writes_embedding_without_x(tmp_path, monkeypatch):
+    adata = counts_dataset()
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[::10] = False
+    write_inputs(tmp_path, adata, keep)
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 0
+    result = io.read_h5ad(out / "pca.h5ad")
+    assert result.X is None
+    assert result.n_obs == keep.sum()
+    assert result.obsm["X_pca"].shape == (keep.sum(), 5)
+    assert result.uns["provenance"]["stage"] == "preprocess"
+    assert sorted(json.loads(result.uns["provenance"]["inputs"])) == [
+        "cells.parquet",
+        "filtered.h5ad",
+    ]
+    metrics = json.loads((out / "preprocess.json").read_text())
+    assert metrics["cells"] == keep.sum()
+    assert metrics["hvg_found"] == 40
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "pca.png",
+        "pca_variance_ratio.csv",
+        "pca_variance_ratio.png",
+    ]
+    first = (out / "pca.h5ad").read_bytes()
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert (out / "pca.h5ad").read_bytes() == first
+
+
+def test_stage_cells_table_must_match(tmp_path, monkeypatch, capsys):
+    adata = counts_dataset()
+    write_inputs(tmp_path, adata[:-1].copy(), np.ones(adata.n_obs - 1, dtype=bool))
+    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: preprocess: cells.parquet: cell_id does not match the cells of filtered.h5ad "
+        "(149 rows for 150 cells)"
+    )
+
+
+def test_stage_cells_table_without_keep(tmp_path, monkeypatch, capsys):
+    adata = counts_dataset()
+    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    table = pd.DataFrame({"other": 1}, index=pd.Index(adata.obs_names, name="cell_id"))
+    io.write_parquet(table, tmp_path / "cells.parquet")
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: preprocess: cells.parquet: column 'keep' missing"
+    )
+
+
+def test_stage_too_many_components(tmp_path, monkeypatch, capsys):
+    adata = counts_dataset()
+    write_inputs(tmp_path, adata, np.ones(adata.n_obs, dtype=bool))
+    code, _ = run_stage(tmp_path, monkeypatch, n_comps=60)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: preprocess: preprocess.n_comps=60: needs more cells")

@@ -1,0 +1,368 @@
+"""Cell QC: metrics by symbol, threshold rules, Scrublet per group, and the ``qc`` stage."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from scipy import sparse
+from tests.conftest import tiny_params, write_params
+
+from immune_aging import io
+from immune_aging.analysis import qc
+from immune_aging.errors import InputError
+from immune_aging.stages import qc as stage
+
+FIXED = {
+    "thresholds": "fixed",
+    "min_genes": 2,
+    "max_genes": 10,
+    "min_counts": 5,
+    "max_counts": 100,
+    "max_pct_mt": 20.0,
+    "max_pct_hb": 5.0,
+    "n_mads": 3.0,
+}
+
+
+def tiny_counts() -> ad.AnnData:
+    """Three cells x four genes; the var index is Ensembl-like and misleading on purpose."""
+    X = np.array([[10, 2, 0, 8], [0, 5, 5, 0], [1, 1, 0, 0]], dtype=np.float32)
+    var = pd.DataFrame(
+        # an index that looks mitochondrial/hemoglobin must not count: symbols decide
+        {"feature_name": ["CD3E", "MT-CO1", "HBB", "HBEGF"]},
+        index=["MT-DECOY", "ENSG00000198804", "ENSG00000244734", "HBA1"],
+    )
+    obs = pd.DataFrame({"donor_id": ["d1", "d1", "d2"]}, index=["c1", "c2", "c3"])
+    return ad.AnnData(X=sparse.csr_matrix(X), obs=obs, var=var)
+
+
+def two_type_counts(n_cells: int, *, n_genes: int = 300, seed: int = 0, doublets: int = 0):
+    """Negative-binomial counts of two cell types, plus summed-pair doublets."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(0.5, 1.0, n_genes)
+    profiles = np.stack([base.copy(), base.copy()])
+    profiles[0, :40] *= 15
+    profiles[1, 40:80] *= 15
+    profiles /= profiles.sum(axis=1, keepdims=True)
+    types = rng.integers(0, 2, n_cells)
+    mu = profiles[types] * rng.lognormal(np.log(1500), 0.3, n_cells)[:, None]
+    for i in range(doublets):
+        mu[i] = profiles[0] * 1500 + profiles[1] * 1500
+    counts = rng.negative_binomial(5, 5 / (5 + mu)).astype(np.float32)
+    return sparse.csr_matrix(counts)
+
+
+def cells_dataset() -> ad.AnnData:
+    """Two donors of 120 cells (10 planted doublets each) and one of 30 cells."""
+    blocks = [
+        two_type_counts(120, seed=1, doublets=10),
+        two_type_counts(120, seed=2, doublets=10),
+        two_type_counts(30, seed=3),
+    ]
+    X = sparse.vstack(blocks).tocsr()
+    donors = ["d1"] * 120 + ["d2"] * 120 + ["d3"] * 30
+    obs = pd.DataFrame(
+        {
+            "donor_id": pd.Categorical(donors),
+            "cell_type": "T cell",
+            "development_stage": "40-year-old stage",
+            "sex": "male",
+        },
+        index=[f"cell{i:03d}" for i in range(X.shape[0])],
+    )
+    symbols = ["MT-CO1", "MT-ND1", "HBB", "HBA1"] + [f"GENE{i}" for i in range(296)]
+    var = pd.DataFrame({"feature_name": symbols}, index=[f"ENSG{i:011d}" for i in range(300)])
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_use_symbols_not_the_ensembl_index():
+    adata = tiny_counts()
+    m = qc.qc_metrics(adata)
+    assert list(m.columns) == list(qc.METRIC_COLUMNS)
+    assert m.index.tolist() == ["c1", "c2", "c3"]
+    assert m["total_counts"].tolist() == [20.0, 10.0, 2.0]
+    assert m["n_genes_by_counts"].tolist() == [3, 2, 2]
+    # MT-CO1 is the second gene (its index is an Ensembl ID); MT-DECOY is CD3E
+    assert m["pct_counts_mt"].tolist() == pytest.approx([10.0, 50.0, 50.0])
+    # HBB counts; HBEGF (indexed HBA1) does not
+    assert m["pct_counts_hb"].tolist() == pytest.approx([0.0, 50.0, 0.0])
+
+
+@pytest.mark.parametrize("layout", ["csr", "explicit zero", "dense"])
+def test_metrics_equal_scanpy_calculate_qc_metrics(layout):
+    adata = cells_dataset()
+    adata.var["mt"] = adata.var["feature_name"].str.startswith("MT-")
+    adata.var["ribo"] = False
+    adata.var["hb"] = adata.var["feature_name"].isin(["HBB", "HBA1"])
+    if layout == "explicit zero":
+        adata.X.data[:50] = 0  # stored zeros are not detected genes
+    elif layout == "dense":
+        adata.X = adata.X.toarray()
+    ref, _ = sc.pp.calculate_qc_metrics(
+        adata.copy(), qc_vars=["mt", "ribo", "hb"], percent_top=None, inplace=False
+    )
+    ours = qc.qc_metrics(adata)
+    pd.testing.assert_frame_equal(
+        ours, ref[list(qc.METRIC_COLUMNS)], check_dtype=False, check_exact=False, rtol=1e-6
+    )
+    if layout == "explicit zero":
+        assert (adata.X.data[:50] == 0).all()  # input left as it was
+
+
+def test_metrics_do_not_modify_input_and_need_symbols():
+    adata = tiny_counts()
+    before = adata.copy()
+    qc.qc_metrics(adata)
+    assert adata.var.equals(before.var) and adata.obs.equals(before.obs)
+    assert (adata.X != before.X).nnz == 0
+    adata.var = adata.var.drop(columns="feature_name")
+    with pytest.raises(InputError, match=r"^var column 'feature_name' missing$"):
+        qc.qc_metrics(adata)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def metrics_table(**cols) -> pd.DataFrame:
+    n = len(next(iter(cols.values())))
+    base = {"n_genes_by_counts": [5] * n, "total_counts": [50.0] * n}
+    base |= {"pct_counts_mt": [1.0] * n, "pct_counts_hb": [0.0] * n}
+    return pd.DataFrame(base | cols, index=[f"c{i}" for i in range(n)])
+
+
+def test_fixed_limits_are_strict():
+    m = metrics_table(
+        n_genes_by_counts=[2, 3, 9, 10, 5, 5, 5, 5],
+        total_counts=[50, 50, 50, 50, 5, 6, 99, 100],
+    )
+    fails, limits = qc.threshold_rules(m, groups=pd.Series(["g"] * 8), **FIXED)
+    assert fails["fail_min_genes"].tolist() == [True] + [False] * 7
+    assert fails["fail_max_genes"].tolist() == [False] * 3 + [True] + [False] * 4
+    assert fails["fail_min_counts"].tolist() == [False] * 4 + [True] + [False] * 3
+    assert fails["fail_max_counts"].tolist() == [False] * 7 + [True]
+    assert limits.index.tolist() == ["all"]
+    assert limits.loc["all", "max_counts"] == 100
+
+
+def test_mitochondrial_and_hemoglobin_limits():
+    m = metrics_table(pct_counts_mt=[19.9, 20.0, 1.0, 1.0], pct_counts_hb=[0, 0, 4.99, 5.0])
+    fails, _ = qc.threshold_rules(m, groups=pd.Series(["g"] * 4), **FIXED)
+    assert fails["fail_pct_mt"].tolist() == [False, True, False, False]
+    assert fails["fail_pct_hb"].tolist() == [False, False, False, True]
+
+
+def test_mad_windows_per_group():
+    totals = [100, 110, 120, 130, 140, 1000, 1000, 1100, 1200, 1300, 1400, 100]
+    m = metrics_table(total_counts=totals, n_genes_by_counts=[50] * 12)
+    groups = pd.Series(["a"] * 6 + ["b"] * 6)
+    fails, limits = qc.threshold_rules(m, groups=groups, **{**FIXED, "thresholds": "mad"})
+    # the outlier of each group is flagged, on its own side of the window
+    assert fails["fail_max_counts"].tolist() == [False] * 5 + [True] + [False] * 6
+    assert fails["fail_min_counts"].tolist() == [False] * 11 + [True]
+    assert not fails["fail_min_genes"].any()  # MAD 0: the window is the median itself
+    assert limits.index.tolist() == ["a", "b"]
+    assert limits.loc["a", "min_genes"] == pytest.approx(50.0)
+    assert limits.loc["b", "max_pct_hb"] == 5.0
+
+
+def test_fixed_limits_must_be_ordered():
+    m = metrics_table(total_counts=[1.0])
+    with pytest.raises(
+        InputError, match=r"^qc.min_genes \(10\) must be below qc.max_genes \(10\)$"
+    ):
+        qc.threshold_rules(m, groups=pd.Series(["g"]), **{**FIXED, "min_genes": 10})
+
+
+# --------------------------------------------------------------------------- doublets
+
+
+def test_doublet_threshold_between_two_modes():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0.1, 0.02, 1000), rng.normal(0.6, 0.05, 400)]
+    t = qc.doublet_threshold(scores)
+    assert 0.2 < t < 0.5
+    unimodal = np.repeat(np.arange(10) + 0.5, [1, 2, 3, 4, 5, 4, 3, 2, 1, 1])
+    assert np.isnan(qc.doublet_threshold(unimodal, nbins=10))
+    assert np.isnan(qc.doublet_threshold(np.full(10, 0.3)))
+    assert np.isnan(qc.doublet_threshold(np.array([])))
+
+
+def test_doublet_threshold_matches_skimage_minimum_method():
+    # two peaks (values 2.5 and 7.5); after one 3-bin smoothing the valley is at 5.5
+    values = np.repeat(np.arange(10) + 0.5, [1, 5, 9, 5, 2, 1, 3, 8, 4, 1])
+    t = qc.doublet_threshold(values, nbins=10)
+    assert abs(t - 5.5) < 0.9  # within one bin of the valley
+
+
+def test_scrublet_per_group_and_small_group_not_scored():
+    adata = cells_dataset()
+    before = adata.copy()
+    eligible = np.ones(adata.n_obs, dtype=bool)
+    eligible[5] = False  # a cell failing a threshold rule is not scored
+    cells, groups = qc.detect_doublets(
+        adata,
+        groups=adata.obs["donor_id"],
+        eligible=eligible,
+        expected_doublet_rate=0.06,
+        min_cells=100,
+        seed=0,
+    )
+    assert groups["group"].tolist() == ["d1", "d2", "d3"]
+    assert groups["n_cells"].tolist() == [119, 120, 30]
+    assert groups["scored"].tolist() == [True, True, False]
+    assert groups.loc[2, "note"] == "fewer than 100 cells"
+    small = adata.obs["donor_id"] == "d3"
+    assert cells.loc[small.to_numpy(), "doublet_score"].isna().all()
+    assert not cells.loc[small.to_numpy(), "predicted_doublet"].any()
+    assert np.isnan(cells["doublet_score"].iloc[5])
+    assert cells.loc[~small.to_numpy(), "doublet_score"].notna().sum() == 239
+    # the planted doublets (first 10 cells of d1 and d2) score higher than the rest
+    for start in (0, 120):
+        scores = cells["doublet_score"].iloc[start : start + 120].to_numpy()
+        assert np.nanmean(scores[:10]) > 1.5 * np.nanmean(scores[10:])
+    assert cells.index.equals(adata.obs_names)
+    assert (adata.X != before.X).nnz == 0 and adata.obs.equals(before.obs)
+
+
+def test_parallel_map_keeps_order():
+    # every group runs on one thread whichever process runs it, so results match
+    # the serial ones (checked on the default dataset: identical cells.parquet)
+    jobs = [[1] * n for n in (3, 1, 2, 5)]
+    assert qc._map_jobs(len, jobs, 2) == qc._map_jobs(len, jobs, 1) == [3, 1, 2, 5]
+
+
+def test_scrublet_failure_marks_the_group_not_scored():
+    # 100 cells but only 20 genes: fewer variable genes than Scrublet's 30 components
+    X = two_type_counts(100, n_genes=20)
+    adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(100)]))
+    cells, groups = qc.detect_doublets(
+        adata,
+        groups=pd.Series(["g"] * 100),
+        eligible=np.ones(100, dtype=bool),
+        expected_doublet_rate=0.06,
+        min_cells=50,
+        seed=0,
+    )
+    assert groups["scored"].tolist() == [False]
+    assert groups.loc[0, "note"].startswith("Scrublet failed: ")
+    assert cells["doublet_score"].isna().all()
+
+
+def test_qc_table_keep_and_summary():
+    m = metrics_table(total_counts=[50.0, 2.0, 50.0])
+    fails, limits = qc.threshold_rules(m, groups=pd.Series(["g"] * 3), **FIXED)
+    doublets = pd.DataFrame(
+        {"doublet_score": [0.1, np.nan, 0.9], "predicted_doublet": [False, False, True]},
+        index=m.index,
+    )
+    table = qc.qc_table(m, fails, doublets)
+    assert table.index.name == "cell_id"
+    assert table["keep"].tolist() == [True, False, False]
+    assert [c for c in table.columns if c.startswith("fail_")] == [f"fail_{r}" for r in qc.RULES]
+    groups = pd.DataFrame(
+        {"group": ["g", "h"], "n_cells": [3, 7], "scored": [True, False], "threshold": [0.5, None]}
+    )
+    summary = qc.qc_summary(table, groups, limits)
+    assert summary["cells_in"] == 3
+    assert summary["cells_kept"] == 1
+    assert summary["cells_failing"]["min_counts"] == 1
+    assert summary["cells_failing"]["doublet"] == 1
+    assert summary["doublets_found"] == 1
+    assert summary["groups_not_scored"] == 1
+    assert summary["cells_in_groups_not_scored"] == 7
+    assert summary["limits"]["max_pct_hb"] == 5.0
+
+
+def test_histogram_table():
+    hist = qc.histogram_table([0.0, 1.0, 1.0, np.nan], bins=2)
+    assert hist["n_cells"].tolist() == [1, 2]
+    assert qc.histogram_table([], bins=3).empty
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_stage(tmp_path, monkeypatch, adata=None, **qc_params):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", "logs")
+    params = {"min_genes": 100, "min_counts": 200, "min_cells_scrublet": 100} | qc_params
+    write_params(tmp_path / "params.yaml", tiny_params(qc=params))
+    if adata is not None:
+        io.write_h5ad(adata, "filtered.h5ad")
+    argv = ["--params", "params.yaml", "--input", "filtered.h5ad", "--out", "out/cells.parquet"]
+    argv += ["--metrics", "out/qc.json", "--plots", "out/plots"]
+    return stage.main(argv), tmp_path / "out"
+
+
+def test_stage_writes_cell_table(tmp_path, monkeypatch):
+    adata = cells_dataset()
+    code, out = run_stage(tmp_path, monkeypatch, adata)
+    assert code == 0
+    table = pd.read_parquet(out / "cells.parquet")
+    assert table.index.name == "cell_id"
+    assert table.index.tolist() == adata.obs_names.tolist()
+    expected = [*qc.METRIC_COLUMNS, "doublet_score", "predicted_doublet"]
+    expected += [f"fail_{r}" for r in qc.RULES] + ["keep"]
+    assert table.columns.tolist() == expected
+    assert table["keep"].dtype == bool
+    assert table.loc[table["predicted_doublet"], "keep"].eq(False).all()
+    metrics = json.loads((out / "qc.json").read_text())
+    assert metrics["cells_in"] == adata.n_obs
+    assert metrics["groups_not_scored"] == 1
+    assert metrics["cells_in_groups_not_scored"] == 30
+    assert metrics["cells_kept"] == int(table["keep"].sum())
+    assert metrics["group_key"] == "donor_id"
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "counts_vs_genes.png",
+        "doublet_score_hist.csv",
+        "doublet_scores.png",
+        "hemoglobin_hist.csv",
+        "hemoglobin_hist.png",
+        "limits.csv",
+        "qc_violins.png",
+        "scrublet_groups.csv",
+    ]
+    first = (out / "cells.parquet").read_bytes()
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert (out / "cells.parquet").read_bytes() == first
+
+
+def test_stage_mad_thresholds_and_pool_groups(tmp_path, monkeypatch):
+    adata = cells_dataset()
+    adata.obs["pool"] = np.where(adata.obs["donor_id"] == "d1", "P1", "P2")
+    code, out = run_stage(tmp_path, monkeypatch, adata, thresholds="mad", pool_key="pool")
+    assert code == 0
+    metrics = json.loads((out / "qc.json").read_text())
+    assert metrics["thresholds"] == "mad"
+    assert metrics["group_key"] == "pool"
+    assert metrics["groups"] == 2
+    assert metrics["groups_not_scored"] == 0
+    limits = pd.read_csv(out / "plots" / "limits.csv", index_col=0)
+    assert limits.index.tolist() == ["P1", "P2"]
+
+
+def test_stage_missing_pool_column(tmp_path, monkeypatch, capsys):
+    code, out = run_stage(tmp_path, monkeypatch, cells_dataset(), pool_key="lane")
+    assert code == 2
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: qc: filtered.h5ad: obs column 'lane' (qc.pool_key) missing"
+    )
+
+
+def test_stage_no_cell_left(tmp_path, monkeypatch, capsys):
+    code, out = run_stage(tmp_path, monkeypatch, cells_dataset(), min_genes=5000, max_genes=6000)
+    assert code == 2
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: qc: filtered.h5ad: no cell passes QC (rule 'min_genes' alone removes "
+        "270 of 270); check the qc.* limits"
+    )
