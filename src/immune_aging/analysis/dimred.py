@@ -1,0 +1,387 @@
+"""Donor integration (Harmony), the neighbour graph and the UMAP embedding.
+
+Harmony is called through :func:`harmonypy.run_harmony` directly (not scanpy's
+wrapper, which broke when harmonypy 2 changed the orientation of its result) and
+the corrected matrix is checked to be cells x components before use.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Harmony's default convergence threshold on the relative change of its objective.
+HARMONY_EPSILON = 1e-2
+#: scanpy.pp.neighbors without a transformer uses exact neighbours below this many cells.
+SCANPY_EXACT_BELOW = 8192
+
+
+def harmony_integrate(
+    adata: ad.AnnData,
+    *,
+    key: str = "donor_id",
+    basis: str = "X_pca",
+    max_iter: int,
+    seed: int,
+    n_threads: int = 1,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Correct a PCA embedding for a batch variable with Harmony.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm[basis]`` (cells x components) and ``obs[key]``. Not modified.
+    key
+        Batch column of ``obs`` (one batch per donor by default).
+    basis
+        The embedding in ``obsm`` to correct.
+    max_iter
+        Harmony iterations at most.
+    seed
+        Random seed of Harmony's k-means initialisation.
+    n_threads
+        Threads Harmony may use (its result does not depend on it).
+
+    Returns
+    -------
+    corrected : numpy.ndarray
+        Float32 array, cells x components, in the order of ``adata``.
+    info : dict
+        ``iterations`` run, ``converged`` (relative change of the objective below
+        Harmony's threshold), ``max_iter`` and the ``objective`` per iteration.
+
+    Raises
+    ------
+    RuntimeError
+        If Harmony's result is neither cells x components nor its transpose.
+    """
+    import harmonypy
+
+    data = np.asarray(adata.obsm[basis], dtype=np.float64)
+    meta = pd.DataFrame({key: adata.obs[key].to_numpy()}, index=np.arange(adata.n_obs))
+    result = harmonypy.run_harmony(
+        data,
+        meta,
+        key,
+        max_iter_harmony=max_iter,
+        random_state=seed,
+        verbose=False,
+        ncores=n_threads,
+    )
+    corrected = check_orientation(
+        np.asarray(result.Z_corr), n_cells=data.shape[0], n_comps=data.shape[1]
+    )
+    objective = [float(v) for v in result.objective_harmony]
+    iterations = len(result.kmeans_rounds)
+    converged = False
+    if len(objective) >= 2:
+        old, new = objective[-2], objective[-1]
+        converged = bool(old != 0 and (old - new) / abs(old) < HARMONY_EPSILON)
+    info = {
+        "iterations": iterations,
+        "converged": converged,
+        "max_iter": max_iter,
+        "objective": objective,
+    }
+    log.info("Harmony: %d iteration(s), converged: %s", iterations, converged)
+    return corrected.astype(np.float32), info
+
+
+def check_orientation(z: np.ndarray, *, n_cells: int, n_comps: int) -> np.ndarray:
+    """Return Harmony's corrected matrix as cells x components.
+
+    harmonypy 1.x returned components x cells, 2.x returns cells x components;
+    either is accepted (the former transposed), anything else is an error. When
+    the matrix is square the orientation cannot be told and 2.x's is assumed.
+
+    Parameters
+    ----------
+    z
+        Harmony's ``Z_corr``.
+    n_cells
+        Number of cells given to Harmony.
+    n_comps
+        Number of components given to Harmony.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``z`` or its transpose, shape ``(n_cells, n_comps)``.
+
+    Raises
+    ------
+    RuntimeError
+        If the shape is neither ``(n_cells, n_comps)`` nor ``(n_comps, n_cells)``.
+    """
+    if z.shape == (n_cells, n_comps):
+        return z
+    if z.shape == (n_comps, n_cells):
+        log.info("Harmony returned components x cells; transposing")
+        return np.ascontiguousarray(z.T)
+    raise RuntimeError(
+        f"Harmony returned a matrix of shape {z.shape}; expected {n_cells} cells x "
+        f"{n_comps} components (or its transpose)"
+    )
+
+
+def neighbors_umap(
+    adata: ad.AnnData,
+    *,
+    use_rep: str,
+    n_neighbors: int,
+    n_pcs: int,
+    min_dist: float,
+    seed: int,
+    exact_max_cells: int = 0,
+) -> ad.AnnData:
+    """Build the kNN graph on an embedding and lay the cells out with UMAP.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm[use_rep]``. Not modified.
+    use_rep
+        Embedding in ``obsm`` to build the graph on.
+    n_neighbors
+        Neighbours per cell.
+    n_pcs
+        Leading components of ``use_rep`` used.
+    min_dist
+        UMAP ``min_dist``.
+    seed
+        Random seed of the neighbour search and of UMAP.
+    exact_max_cells
+        Up to this many cells the neighbours are exact (brute force, scikit-learn);
+        above, approximate (pynndescent, scanpy's default for large data).
+
+    Returns
+    -------
+    anndata.AnnData
+        A copy with ``obsp['distances']``, ``obsp['connectivities']``,
+        ``uns['neighbors']`` (its ``params['knn']`` is ``"exact"`` or
+        ``"approximate"``), ``obsm['X_umap']`` and ``uns['umap']``.
+    """
+    import scanpy as sc
+
+    out = adata.copy()
+    exact = out.n_obs <= exact_max_cells
+    sc.pp.neighbors(
+        out,
+        n_neighbors=n_neighbors,
+        n_pcs=n_pcs,
+        use_rep=use_rep,
+        random_state=seed,
+        transformer="sklearn" if exact else None,
+    )
+    # scanpy's own default is exact too below SCANPY_EXACT_BELOW cells
+    approximate = not exact and out.n_obs >= SCANPY_EXACT_BELOW
+    out.uns["neighbors"]["params"]["knn"] = "approximate" if approximate else "exact"
+    sc.tl.umap(out, min_dist=min_dist, random_state=seed)
+    out.obsm["X_umap"] = np.asarray(out.obsm["X_umap"], dtype=np.float32)
+    return out
+
+
+def donor_mixing(
+    embeddings: dict[str, np.ndarray],
+    donors: pd.Series | np.ndarray,
+    *,
+    n_neighbors: int,
+    max_cells: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Measure how well donors mix: the share of a cell's neighbours from other donors.
+
+    The exact ``n_neighbors`` nearest neighbours are found among the same random
+    subsample of at most ``max_cells`` cells in each embedding, so the embeddings
+    are compared on equal terms. If donors were mixed at random the share would be
+    ``expected`` (one minus the chance that another subsampled cell comes from the
+    same donor); donor-specific structure pushes it below.
+
+    Parameters
+    ----------
+    embeddings
+        Name to cells x components array (same cells, same order), e.g.
+        ``{"pca": ..., "harmony": ...}``.
+    donors
+        Donor of each cell.
+    n_neighbors
+        Neighbours per cell.
+    max_cells
+        Largest subsample of cells used.
+    seed
+        Random seed of the subsample.
+
+    Returns
+    -------
+    dict
+        ``cells`` (subsample size), ``n_neighbors``, ``expected`` and, per
+        embedding name, the mean other-donor share.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    donors = np.asarray(donors)
+    n = donors.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=max_cells, replace=False)) if n > max_cells else np.arange(n)
+    sub = donors[idx]
+    k = int(min(n_neighbors, len(idx) - 1))
+    _, codes = np.unique(sub, return_inverse=True)
+    sizes = np.bincount(codes)
+    expected = float(np.mean(1.0 - (sizes[codes] - 1) / max(len(idx) - 1, 1)))
+    out: dict[str, Any] = {"cells": len(idx), "n_neighbors": k, "expected": expected}
+    for name, emb in embeddings.items():
+        x = np.asarray(emb, dtype=np.float64)[idx]
+        nn = NearestNeighbors(n_neighbors=k + 1).fit(x)
+        _, ind = nn.kneighbors(x)
+        neigh = ind[:, 1:]
+        out[name] = float(np.mean(codes[neigh] != codes[:, None]))
+    return out
+
+
+def embedding_anndata(
+    adata: ad.AnnData,
+    *,
+    obs_columns: tuple[str, ...] = ("donor_id", "cell_type"),
+) -> ad.AnnData:
+    """Return the cells of ``adata`` without genes: the named obs columns and embeddings.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm``, ``obsp`` and ``uns['neighbors']``. Not modified.
+    obs_columns
+        Columns of ``obs`` kept.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``n_vars == 0``, no ``X``; ``obsm`` ``X_pca_harmony`` and ``X_umap``,
+        ``obsp`` ``distances`` and ``connectivities``, ``uns['neighbors']`` and
+        ``uns['umap']``.
+    """
+    out = ad.AnnData(
+        obs=adata.obs[list(obs_columns)].copy(),
+        var=pd.DataFrame(index=pd.Index([], dtype=object)),
+    )
+    for key in ("X_pca_harmony", "X_umap"):
+        out.obsm[key] = np.asarray(adata.obsm[key]).copy()
+    for key in ("distances", "connectivities"):
+        out.obsp[key] = adata.obsp[key].copy()
+    out.uns["neighbors"] = {k: v for k, v in adata.uns["neighbors"].items()}
+    if "umap" in adata.uns:
+        out.uns["umap"] = dict(adata.uns["umap"])
+    return out
+
+
+def plot_embedding(
+    coords: np.ndarray,
+    labels: pd.Series | np.ndarray,
+    *,
+    title: str,
+    legend: str = "right",
+    seed: int = 0,
+) -> Any:
+    """Scatter a 2-D embedding coloured by a categorical label.
+
+    Cells are drawn in a random (seeded) order so that no group hides the others.
+
+    Parameters
+    ----------
+    coords
+        Cells x 2 coordinates (e.g. ``obsm['X_umap']``).
+    labels
+        Label of each cell.
+    title
+        Figure title.
+    legend
+        ``"right"``: a legend beside the plot; ``"on data"``: each label written at
+        the median position of its cells; ``"none"``: no legend (for many labels,
+        e.g. donors).
+    seed
+        Random seed of the drawing order.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (not saved).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coords = np.asarray(coords)
+    cat = pd.Categorical(np.asarray(labels))
+    names = [str(c) for c in cat.categories]
+    colours = category_colours(len(names))
+    order = np.random.default_rng(seed).permutation(len(cat))
+    size = float(np.clip(30000.0 / max(len(cat), 1), 0.3, 20.0))
+    width = 10.5 if legend == "right" else 7.5
+    fig, ax = plt.subplots(figsize=(width, 7))
+    ax.scatter(
+        coords[order, 0],
+        coords[order, 1],
+        c=colours[cat.codes[order]],
+        s=size,
+        linewidths=0,
+        rasterized=True,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_title(title)
+    if legend == "right":
+        handles = [
+            plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=name)
+            for i, name in enumerate(names)
+        ]
+        ax.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            frameon=False,
+            fontsize=8 if len(names) <= 20 else 6,
+            ncols=1 if len(names) <= 25 else 2,
+        )
+    elif legend == "on data":
+        for i, name in enumerate(names):
+            sel = cat.codes == i
+            if sel.any():
+                x, y = np.median(coords[sel], axis=0)
+                ax.text(x, y, name, fontsize=9, weight="bold", ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def category_colours(n: int) -> np.ndarray:
+    """Return ``n`` distinct RGBA colours (tab10/tab20, then an even spread of hues).
+
+    Parameters
+    ----------
+    n
+        Number of colours.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape ``(n, 4)``.
+    """
+    import matplotlib
+    from matplotlib.colors import to_rgba_array
+
+    if n <= 10:
+        return to_rgba_array(matplotlib.colormaps["tab10"].colors[:n]).reshape(n, 4)
+    if n <= 20:
+        return to_rgba_array(matplotlib.colormaps["tab20"].colors[:n]).reshape(n, 4)
+    spread = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n))
+    # interleave so that neighbouring labels get distant hues
+    step = max(int(np.sqrt(n)), 1)
+    order = np.concatenate([np.arange(start, n, step) for start in range(step)])
+    return spread[order]

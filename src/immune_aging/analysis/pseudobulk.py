@@ -1,0 +1,474 @@
+"""Pseudobulk samples: raw counts summed per (cell type, donor).
+
+A sample is the sum of the raw counts of one donor's cells of one cell type. Sums
+are computed in float64 (exact for integer counts) so that summing a dataset in
+chunks gives the same result as summing it at once; they are stored as float32
+when every sum fits exactly (below 2**24), as float64 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from immune_aging.analysis.age import age_table
+from immune_aging.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Separator of the sample name ``<cell_type>|<donor_id>``.
+SEP = "|"
+#: Largest integer float32 holds exactly.
+FLOAT32_EXACT = 2**24
+#: Donor-level columns carried onto every sample.
+DONOR_COLUMNS = ("sex", "development_stage")
+
+
+def sum_counts(
+    adata: ad.AnnData, *, cell_type_key: str = "cell_type", donor_key: str = "donor_id"
+) -> ad.AnnData:
+    """Sum raw counts per (cell type, donor) with :func:`scanpy.get.aggregate`.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts in ``X`` and the two keys in ``obs``. Not modified.
+    cell_type_key, donor_key
+        Columns of ``obs`` defining the samples.
+
+    Returns
+    -------
+    anndata.AnnData
+        One observation per (cell type, donor) present, named
+        ``<cell_type>|<donor_id>`` and sorted by name; ``obs`` columns
+        ``cell_type``, ``donor_id`` and ``n_cells``; ``X`` float64 sums (dense);
+        ``var`` as in ``adata``.
+    """
+    import scanpy as sc
+
+    obs = pd.DataFrame(
+        {
+            "cell_type": _as_str_categorical(adata.obs[cell_type_key]),
+            "donor_id": _as_str_categorical(adata.obs[donor_key]),
+        },
+        index=adata.obs_names,
+    )
+    if adata.n_obs == 0:
+        empty = pd.DataFrame(
+            {
+                "cell_type": pd.Series([], dtype=object),
+                "donor_id": pd.Series([], dtype=object),
+                "n_cells": pd.Series([], dtype=np.int64),
+            },
+            index=pd.Index([], dtype=object),
+        )
+        return ad.AnnData(X=np.zeros((0, adata.n_vars)), obs=empty, var=adata.var.copy())
+    cells = ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names))
+    summed = sc.get.aggregate(cells, by=["cell_type", "donor_id"], func="sum")
+    sums = np.asarray(summed.layers["sum"], dtype=np.float64)
+    sample_obs = pd.DataFrame(
+        {
+            "cell_type": summed.obs["cell_type"].astype(str).to_numpy(),
+            "donor_id": summed.obs["donor_id"].astype(str).to_numpy(),
+        }
+    )
+    sample_obs.index = pd.Index(sample_obs["cell_type"] + SEP + sample_obs["donor_id"])
+    sizes = obs.groupby(["cell_type", "donor_id"], observed=True).size()
+    sample_obs["n_cells"] = [
+        int(sizes[(c, d)])
+        for c, d in zip(sample_obs["cell_type"], sample_obs["donor_id"], strict=True)
+    ]
+    order = np.argsort(sample_obs.index.to_numpy(), kind="stable")
+    return ad.AnnData(X=sums[order], obs=sample_obs.iloc[order].copy(), var=adata.var.copy())
+
+
+def combine_sums(parts: Iterable[ad.AnnData]) -> ad.AnnData:
+    """Add up partial sums of :func:`sum_counts` (e.g. from chunks of cells).
+
+    Parameters
+    ----------
+    parts
+        Results of :func:`sum_counts` over disjoint sets of cells with the same genes.
+
+    Returns
+    -------
+    anndata.AnnData
+        One observation per sample found in any part, sorted by name; ``X`` and
+        ``n_cells`` summed.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("combine_sums: no parts")
+    var = parts[0].var.copy()
+    for p in parts[1:]:
+        if not p.var_names.equals(parts[0].var_names):
+            raise ValueError("combine_sums: parts have different genes")
+    names = sorted(set().union(*(p.obs_names for p in parts)))
+    row = {name: i for i, name in enumerate(names)}
+    total = np.zeros((len(names), var.shape[0]), dtype=np.float64)
+    n_cells = np.zeros(len(names), dtype=np.int64)
+    labels: dict[str, tuple[str, str]] = {}
+    for p in parts:
+        rows = np.array([row[n] for n in p.obs_names], dtype=np.int64)
+        total[rows] += np.asarray(p.X, dtype=np.float64)
+        n_cells[rows] += p.obs["n_cells"].to_numpy(dtype=np.int64)
+        for name, ct, donor in zip(
+            p.obs_names, p.obs["cell_type"], p.obs["donor_id"], strict=True
+        ):
+            labels[name] = (str(ct), str(donor))
+    obs = pd.DataFrame(
+        {
+            "cell_type": [labels[n][0] for n in names],
+            "donor_id": [labels[n][1] for n in names],
+            "n_cells": n_cells,
+        },
+        index=pd.Index(names),
+    )
+    return ad.AnnData(X=total, obs=obs, var=var)
+
+
+def filter_samples(
+    pb: ad.AnnData, *, min_cells: int, min_samples_per_cell_type: int
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Keep samples with enough cells, then cell types with enough samples.
+
+    Parameters
+    ----------
+    pb
+        Pseudobulk samples (``obs`` ``cell_type``, ``n_cells``). Not modified.
+    min_cells
+        A sample needs at least this many cells.
+    min_samples_per_cell_type
+        A cell type needs at least this many samples (after the first rule).
+
+    Returns
+    -------
+    kept : anndata.AnnData
+        The samples kept (a copy).
+    report : pandas.DataFrame
+        One row per cell type (sorted): ``samples_total``, ``samples_few_cells``
+        (dropped by ``min_cells``), ``samples_kept``, ``kept`` (bool) and
+        ``reason`` (empty when kept).
+    """
+    cell_type = pb.obs["cell_type"].astype(str)
+    enough_cells = pb.obs["n_cells"].to_numpy() >= min_cells
+    report = (
+        pd.DataFrame({"cell_type": cell_type.to_numpy(), "enough": enough_cells})
+        .groupby("cell_type", sort=True)["enough"]
+        .agg(samples_total="size", samples_with_cells="sum")
+    )
+    report["samples_few_cells"] = report["samples_total"] - report["samples_with_cells"]
+    report["kept"] = report["samples_with_cells"] >= min_samples_per_cell_type
+    report["samples_kept"] = np.where(report["kept"], report["samples_with_cells"], 0)
+    report["reason"] = np.where(
+        report["kept"],
+        "",
+        [
+            f"{n} samples with >= {min_cells} cells (< {min_samples_per_cell_type})"
+            for n in report["samples_with_cells"]
+        ],
+    )
+    report = report[["samples_total", "samples_few_cells", "samples_kept", "kept", "reason"]]
+    report = report.astype(
+        {"samples_total": np.int64, "samples_few_cells": np.int64, "samples_kept": np.int64}
+    )
+    keep_types = set(report.index[report["kept"]])
+    mask = enough_cells & cell_type.isin(keep_types).to_numpy()
+    kept = pb[mask].copy()
+    log.info(
+        "pseudobulk: %d of %d samples kept; cell types kept %d of %d",
+        kept.n_obs,
+        pb.n_obs,
+        len(keep_types),
+        report.shape[0],
+    )
+    return kept, report
+
+
+def donor_table(
+    obs: pd.DataFrame, *, donor_key: str = "donor_id", age_80_and_over: float
+) -> pd.DataFrame:
+    """Return one row per donor: ``sex``, ``development_stage``, ``age`` and ``age_form``.
+
+    Parameters
+    ----------
+    obs
+        Cell table with ``donor_key``, ``sex`` and ``development_stage`` (or a
+        numeric ``age``) columns.
+    donor_key
+        Donor column.
+    age_80_and_over
+        Age in years given to ``80 year-old and over`` donors
+        (see :mod:`immune_aging.analysis.age`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by donor id (sorted, strings); ``age`` in years, NaN when unknown.
+
+    Raises
+    ------
+    InputError
+        If a donor has more than one value of a donor-level column, or an age
+        label cannot be read.
+    """
+    columns = [c for c in (*DONOR_COLUMNS, "age") if c in obs.columns]
+    table = obs[[donor_key, *columns]].copy()
+    table[donor_key] = table[donor_key].astype(str)
+    for col in columns:
+        if isinstance(table[col].dtype, pd.CategoricalDtype):
+            table[col] = table[col].astype(object)
+        counts = table.groupby(donor_key, sort=True)[col].nunique(dropna=False)
+        if (counts > 1).any():
+            donor = counts.index[counts > 1][0]
+            raise InputError(
+                f"obs column {col!r}: donor {donor!r} has {counts[donor]} different values; "
+                "expected one per donor"
+            )
+    donors = table.drop_duplicates(donor_key).set_index(donor_key).sort_index()
+    donors.index.name = "donor_id"
+    ages = age_table(donors, age_80_and_over=age_80_and_over)
+    donors["age"] = ages["age"].astype(np.float64)
+    donors["age_form"] = ages["form"].astype(str)
+    for col in DONOR_COLUMNS:
+        if col not in donors.columns:
+            donors[col] = "unknown"
+        donors[col] = donors[col].astype(str)
+    return donors[[*DONOR_COLUMNS, "age", "age_form"]]
+
+
+def add_donor_metadata(pb: ad.AnnData, donors: pd.DataFrame) -> ad.AnnData:
+    """Carry donor metadata onto every sample.
+
+    Parameters
+    ----------
+    pb
+        Pseudobulk samples with ``obs['donor_id']``. Not modified.
+    donors
+        Output of :func:`donor_table`.
+
+    Returns
+    -------
+    anndata.AnnData
+        A copy whose ``obs`` is ``cell_type, donor_id, n_cells, sex,
+        development_stage, age`` (categoricals for the strings, float years).
+    """
+    out = pb.copy()
+    ids = out.obs["donor_id"].astype(str)
+    missing = sorted(set(ids) - set(donors.index))
+    if missing:
+        raise ValueError(f"donor metadata missing for donor {missing[0]!r}")
+    obs = pd.DataFrame(index=out.obs_names.copy())
+    obs["cell_type"] = pd.Categorical(out.obs["cell_type"].astype(str))
+    obs["donor_id"] = pd.Categorical(ids)
+    obs["n_cells"] = out.obs["n_cells"].to_numpy(dtype=np.int64)
+    obs["sex"] = pd.Categorical(donors.loc[ids, "sex"].to_numpy())
+    obs["development_stage"] = pd.Categorical(donors.loc[ids, "development_stage"].to_numpy())
+    obs["age"] = donors.loc[ids, "age"].to_numpy(dtype=np.float64)
+    out.obs = obs
+    return out
+
+
+def finalize_counts(pb: ad.AnnData) -> ad.AnnData:
+    """Store sums as float32 when exact (all below 2**24), else keep float64.
+
+    Parameters
+    ----------
+    pb
+        Pseudobulk samples with float sums in ``X``. Not modified.
+
+    Returns
+    -------
+    anndata.AnnData
+        A copy with a dense ``X``.
+    """
+    out = pb.copy()
+    x = np.asarray(out.X, dtype=np.float64)
+    if x.size and x.max() >= FLOAT32_EXACT:
+        log.info("pseudobulk sums reach %.0f: kept as float64", x.max())
+        out.X = x
+    else:
+        out.X = x.astype(np.float32)
+    return out
+
+
+def make_pseudobulk(
+    parts: Iterable[ad.AnnData],
+    donors: pd.DataFrame,
+    *,
+    min_cells: int,
+    min_samples_per_cell_type: int,
+) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Build pseudobulk samples from partial sums and the donor table.
+
+    Parameters
+    ----------
+    parts
+        :func:`sum_counts` of disjoint sets of the kept cells (e.g. blocks).
+    donors
+        Donor table of :func:`donor_table`.
+    min_cells, min_samples_per_cell_type
+        See :func:`filter_samples`.
+
+    Returns
+    -------
+    pb : anndata.AnnData
+        The samples kept, with donor metadata, sorted by name.
+    report : pandas.DataFrame
+        Per cell type counts and decisions (:func:`filter_samples`).
+    """
+    summed = combine_sums(parts)
+    kept, report = filter_samples(
+        summed, min_cells=min_cells, min_samples_per_cell_type=min_samples_per_cell_type
+    )
+    return finalize_counts(add_donor_metadata(kept, donors)), report
+
+
+def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[str, Any]:
+    """Summarise a pseudobulk result for the stage's metrics.
+
+    Parameters
+    ----------
+    pb
+        The samples kept.
+    report
+        Per cell type report of :func:`filter_samples`.
+    donors
+        Donor table of :func:`donor_table`.
+
+    Returns
+    -------
+    dict
+        Counts of samples, genes, cell types and donors; samples per kept cell
+        type; dropped cell types with their reason; donors of unknown age; age
+        forms.
+    """
+    from immune_aging.analysis.age import count_forms
+
+    unknown = donors.index[donors["age"].isna()].tolist()
+    used = set(pb.obs["donor_id"].astype(str))
+    return {
+        "samples": int(pb.n_obs),
+        "genes": int(pb.n_vars),
+        "donors": len(used),
+        "cell_types_kept": int(report["kept"].sum()),
+        "cell_types_dropped": int((~report["kept"]).sum()),
+        "samples_per_cell_type": {
+            str(ct): int(n) for ct, n in report.loc[report["kept"], "samples_kept"].items()
+        },
+        "samples_dropped_few_cells": int(report["samples_few_cells"].sum()),
+        "dropped_cell_types": {
+            str(ct): str(reason) for ct, reason in report.loc[~report["kept"], "reason"].items()
+        },
+        "donors_unknown_age": len(unknown),
+        "donors_unknown_age_ids": [str(d) for d in unknown],
+        "age_forms": count_forms(donors["age_form"]),
+    }
+
+
+def plot_samples(report: pd.DataFrame, *, min_samples_per_cell_type: int) -> Any:
+    """Horizontal bar chart of samples per cell type, dropped cell types greyed.
+
+    Parameters
+    ----------
+    report
+        Per cell type report of :func:`filter_samples`.
+    min_samples_per_cell_type
+        Threshold drawn as a dashed line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (not saved).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_cells = report["samples_total"] - report["samples_few_cells"]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(report), 1)))
+    y = np.arange(len(report))
+    colours = np.where(report["kept"], "tab:blue", "lightgrey")
+    ax.barh(y, with_cells, color=colours, label="samples with enough cells")
+    ax.barh(
+        y,
+        report["samples_few_cells"],
+        left=with_cells,
+        color="none",
+        edgecolor="grey",
+        hatch="//",
+        label="samples with too few cells",
+    )
+    ax.axvline(min_samples_per_cell_type, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(report.index), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("pseudobulk samples (donors); dashed: min_samples_per_cell_type")
+    ax.set_title("Samples per cell type (grey: cell type dropped)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
+    """Histogram of donor ages, with the censored and unknown donors counted.
+
+    Parameters
+    ----------
+    donors
+        Donor table of :func:`donor_table`.
+    age_80_and_over
+        The age given to ``80 year-old and over`` donors (marked on the plot).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (not saved).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ages = donors["age"].to_numpy(dtype=np.float64)
+    censored_mask = (donors["age_form"] == "and_over").to_numpy()
+    known = ages[np.isfinite(ages)]
+    exact = ages[np.isfinite(ages) & ~censored_mask]
+    censored = ages[np.isfinite(ages) & censored_mask]
+    unknown = int(np.isnan(ages).sum())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if known.size:
+        low = np.floor(known.min() / 5) * 5
+        high = np.ceil((known.max() + 1e-9) / 5) * 5
+        bins = np.arange(low, max(high, low + 5) + 5, 5)
+        ax.hist(
+            [exact, censored],
+            bins=bins,
+            stacked=True,
+            color=["tab:blue", "tab:orange"],
+            edgecolor="white",
+            label=["exact age", f"censored ('80 year-old and over' = {age_80_and_over:g})"],
+        )
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_xlabel("age (years)")
+    ax.set_ylabel("donors")
+    ax.set_title(
+        f"Donor ages: {known.size} donors with an age ({censored.size} censored), "
+        f"{unknown} unknown"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _as_str_categorical(values: pd.Series) -> pd.Categorical:
+    """Return labels as a categorical of strings (missing values refused)."""
+    series = pd.Series(values)
+    if series.isna().any():
+        raise InputError(f"obs column {series.name!r}: missing values")
+    return pd.Categorical(series.astype(str))

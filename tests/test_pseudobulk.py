@@ -1,0 +1,469 @@
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+from tests.conftest import tiny_params, write_params
+
+from immune_aging import io
+from immune_aging.analysis import pseudobulk
+from immune_aging.errors import InputError
+from immune_aging.stages import pseudobulk as stage
+
+#: donor, cell type and 3 gene counts of each of 9 cells
+CELLS = [
+    ("D1", "T", [1, 0, 2]),
+    ("D1", "T", [0, 1, 0]),
+    ("D1", "B", [5, 0, 0]),
+    ("D1", "B", [1, 1, 1]),
+    ("D2", "T", [2, 2, 2]),  # D2 has a single T cell
+    ("D2", "B", [0, 0, 7]),
+    ("D2", "B", [3, 0, 0]),
+    ("D3", "T", [4, 0, 1]),  # D3 has no B cell
+    ("D3", "T", [0, 3, 0]),
+]
+DONORS = {
+    "D1": ("male", "63-year-old human stage"),
+    "D2": ("female", "80 year-old and over stage"),
+    "D3": ("female", "unknown"),
+}
+
+
+def cells_adata(sparse_x=True):
+    obs = pd.DataFrame(
+        {
+            "donor_id": [d for d, _, _ in CELLS],
+            "cell_type": [t for _, t, _ in CELLS],
+            "development_stage": [DONORS[d][1] for d, _, _ in CELLS],
+            "sex": [DONORS[d][0] for d, _, _ in CELLS],
+        },
+        index=[f"cell{i}" for i in range(len(CELLS))],
+    ).astype("category")
+    x = np.array([c for _, _, c in CELLS], dtype=np.float32)
+    var = pd.DataFrame(
+        {"feature_name": ["CD3E", "MS4A1", "XIST"]}, index=["ENSG01", "ENSG02", "ENSG03"]
+    )
+    return ad.AnnData(X=sparse.csr_matrix(x) if sparse_x else x, obs=obs, var=var)
+
+
+# --------------------------------------------------------------------------- sums
+
+
+@pytest.mark.parametrize("sparse_x", [True, False])
+def test_sum_counts_per_cell_type_and_donor(sparse_x):
+    adata = cells_adata(sparse_x)
+    before = adata.copy()
+    pb = pseudobulk.sum_counts(adata)
+    assert list(pb.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D2", "T|D3"]
+    np.testing.assert_array_equal(pb.X, [[6, 1, 1], [3, 0, 7], [1, 1, 2], [2, 2, 2], [4, 3, 1]])
+    assert pb.obs["n_cells"].tolist() == [2, 2, 2, 1, 2]
+    assert pb.obs["cell_type"].tolist() == ["B", "B", "T", "T", "T"]
+    assert pb.obs["donor_id"].tolist() == ["D1", "D2", "D1", "D2", "D3"]
+    assert pb.var["feature_name"].tolist() == ["CD3E", "MS4A1", "XIST"]
+    np.testing.assert_array_equal(
+        adata.X.toarray() if sparse_x else adata.X, before.X.toarray() if sparse_x else before.X
+    )
+    pd.testing.assert_frame_equal(adata.obs, before.obs)
+
+
+def test_combine_sums_of_chunks_equals_sum_of_all():
+    adata = cells_adata()
+    whole = pseudobulk.sum_counts(adata)
+    parts = [pseudobulk.sum_counts(adata[a : a + 4]) for a in range(0, adata.n_obs, 4)]
+    combined = pseudobulk.combine_sums(parts)
+    assert list(combined.obs_names) == list(whole.obs_names)
+    np.testing.assert_array_equal(combined.X, whole.X)
+    pd.testing.assert_frame_equal(combined.obs, whole.obs, check_dtype=False)
+
+
+def test_sum_counts_of_no_cells_combines_as_nothing():
+    adata = cells_adata()
+    empty = pseudobulk.sum_counts(adata[:0])
+    assert empty.shape == (0, 3)
+    whole = pseudobulk.sum_counts(adata)
+    combined = pseudobulk.combine_sums([empty, whole])
+    np.testing.assert_array_equal(combined.X, whole.X)
+    assert list(combined.obs_names) == list(whole.obs_names)
+
+
+def test_combine_sums_refuses_different_genes():
+    adata = cells_adata()
+    a = pseudobulk.sum_counts(adata)
+    b = pseudobulk.sum_counts(adata[:, :2])
+    with pytest.raises(ValueError, match="different genes"):
+        pseudobulk.combine_sums([a, b])
+
+
+def test_missing_labels_are_refused():
+    adata = cells_adata()
+    adata.obs["donor_id"] = adata.obs["donor_id"].astype(object)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("donor_id")] = None
+    with pytest.raises(InputError) as err:
+        pseudobulk.sum_counts(adata)
+    assert str(err.value) == "obs column 'donor_id': missing values"
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def test_filter_samples_min_cells_then_min_samples():
+    pb = pseudobulk.sum_counts(cells_adata())
+    kept, report = pseudobulk.filter_samples(pb, min_cells=2, min_samples_per_cell_type=2)
+    # T|D2 has 1 cell: dropped; T keeps D1 and D3; B keeps D1 and D2
+    assert list(kept.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D3"]
+    assert report.loc["T", "samples_total"] == 3
+    assert report.loc["T", "samples_few_cells"] == 1
+    assert report.loc["T", "samples_kept"] == 2
+    assert report["kept"].all()
+    assert pb.n_obs == 5  # input untouched
+
+
+def test_filter_samples_drops_cell_types_with_few_samples():
+    pb = pseudobulk.sum_counts(cells_adata())
+    kept, report = pseudobulk.filter_samples(pb, min_cells=2, min_samples_per_cell_type=3)
+    assert kept.n_obs == 0
+    assert not report["kept"].any()
+    assert report.loc["B", "reason"] == "2 samples with >= 2 cells (< 3)"
+    assert report.loc["B", "samples_kept"] == 0
+
+
+def test_filter_samples_keeps_one_type_drops_other():
+    pb = pseudobulk.sum_counts(cells_adata())
+    kept, report = pseudobulk.filter_samples(pb, min_cells=1, min_samples_per_cell_type=3)
+    assert list(kept.obs_names) == ["T|D1", "T|D2", "T|D3"]
+    assert report.loc["T", "kept"] and not report.loc["B", "kept"]
+    assert report.loc["T", "reason"] == ""
+
+
+# --------------------------------------------------------------------------- donors
+
+
+def test_donor_table_parses_ages():
+    adata = cells_adata()
+    obs_before = adata.obs.copy()
+    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=85.0)
+    assert list(donors.index) == ["D1", "D2", "D3"]
+    assert donors.index.name == "donor_id"
+    assert list(donors.columns) == ["sex", "development_stage", "age", "age_form"]
+    np.testing.assert_array_equal(donors["age"].to_numpy(), [63.0, 85.0, np.nan])
+    assert donors["age_form"].tolist() == ["years", "and_over", "unknown"]
+    pd.testing.assert_frame_equal(adata.obs, obs_before)
+
+
+def test_donor_table_uses_numeric_age_column():
+    obs = cells_adata().obs.copy()
+    obs["age"] = obs["donor_id"].map({"D1": 30.0, "D2": 40.0, "D3": 50.0}).astype(float)
+    donors = pseudobulk.donor_table(obs, age_80_and_over=80.0)
+    assert donors["age"].tolist() == [30.0, 40.0, 50.0]
+    assert set(donors["age_form"]) == {"age_column"}
+
+
+def test_donor_table_refuses_two_sexes_for_one_donor():
+    obs = cells_adata().obs.copy()
+    obs["sex"] = obs["sex"].astype(object)
+    obs.iloc[1, obs.columns.get_loc("sex")] = "female"
+    with pytest.raises(InputError) as err:
+        pseudobulk.donor_table(obs, age_80_and_over=80.0)
+    assert str(err.value) == (
+        "obs column 'sex': donor 'D1' has 2 different values; expected one per donor"
+    )
+
+
+def test_donor_table_refuses_an_unreadable_age():
+    obs = cells_adata().obs.copy()
+    obs["development_stage"] = obs["development_stage"].cat.rename_categories(
+        {"unknown": "63 yrs"}
+    )
+    with pytest.raises(InputError, match="development_stage '63 yrs': cannot read an age"):
+        pseudobulk.donor_table(obs, age_80_and_over=80.0)
+
+
+def test_make_pseudobulk_carries_donor_metadata():
+    adata = cells_adata()
+    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=80.0)
+    pb, report = pseudobulk.make_pseudobulk(
+        [pseudobulk.sum_counts(adata)], donors, min_cells=2, min_samples_per_cell_type=2
+    )
+    assert list(pb.obs.columns) == [
+        "cell_type",
+        "donor_id",
+        "n_cells",
+        "sex",
+        "development_stage",
+        "age",
+    ]
+    assert list(pb.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D3"]
+    assert pb.obs["sex"].tolist() == ["male", "female", "male", "female"]
+    np.testing.assert_array_equal(pb.obs["age"].to_numpy(), [63.0, 80.0, 63.0, np.nan])
+    assert pb.X.dtype == np.float32
+    np.testing.assert_array_equal(pb.X, [[6, 1, 1], [3, 0, 7], [1, 1, 2], [4, 3, 1]])
+    assert report["kept"].all()
+
+
+def test_finalize_counts_keeps_float64_for_huge_sums():
+    pb = pseudobulk.sum_counts(cells_adata())
+    pb.X[0, 0] = 2.0**24 + 1
+    assert pseudobulk.finalize_counts(pb).X.dtype == np.float64
+    pb.X[0, 0] = 2.0**24 - 1
+    assert pseudobulk.finalize_counts(pb).X.dtype == np.float32
+
+
+def test_summary_and_plots():
+    adata = cells_adata()
+    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=80.0)
+    pb, report = pseudobulk.make_pseudobulk(
+        [pseudobulk.sum_counts(adata)], donors, min_cells=1, min_samples_per_cell_type=3
+    )
+    got = pseudobulk.summary(pb, report, donors)
+    assert got["samples"] == 3
+    assert got["samples_per_cell_type"] == {"T": 3}
+    assert got["dropped_cell_types"] == {"B": "2 samples with >= 1 cells (< 3)"}
+    assert got["donors_unknown_age"] == 1
+    assert got["donors_unknown_age_ids"] == ["D3"]
+    assert got["age_forms"]["and_over"] == 1
+    assert got["age_forms"]["years"] == 1
+    assert got["age_forms"]["unknown"] == 1
+    assert pseudobulk.plot_samples(report, min_samples_per_cell_type=3).axes
+    assert pseudobulk.plot_ages(donors, age_80_and_over=80.0).axes
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def write_inputs(tmp_path, adata=None, keep=None, cells=None):
+    adata = cells_adata() if adata is None else adata
+    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    if cells is None:
+        keep = np.ones(adata.n_obs, dtype=bool) if keep is None else keep
+        cells = pd.DataFrame(
+            {"n_genes": 3, "keep": keep}, index=pd.Index(adata.obs_names, name="cell_id")
+        )
+    io.write_parquet(cells, tmp_path / "cells.parquet")
+
+
+def run_stage(tmp_path, monkeypatch, **pb_params):
+    """Run the stage in ``tmp_path`` with relative paths, as dvc does."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", "logs")
+    params = tiny_params(pseudobulk={"min_cells": 2, "min_samples_per_cell_type": 2, **pb_params})
+    write_params(tmp_path / "params.yaml", params)
+    argv = [
+        "--params",
+        "params.yaml",
+        "--filtered",
+        "filtered.h5ad",
+        "--cells",
+        "cells.parquet",
+        "--out",
+        "out/pseudobulk.h5ad",
+        "--metrics",
+        "out/pseudobulk.json",
+        "--plots",
+        "out/plots",
+    ]
+    return stage.main(argv), tmp_path / "out"
+
+
+def last_error(capsys):
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_stage_writes_pseudobulk_metrics_and_figures(tmp_path, monkeypatch):
+    keep = np.ones(len(CELLS), dtype=bool)
+    keep[3] = False  # one B cell of D1 fails QC
+    write_inputs(tmp_path, keep=keep)
+    code, out = run_stage(tmp_path, monkeypatch, min_samples_per_cell_type=2, min_cells=1)
+    assert code == 0
+    pb = io.read_h5ad(out / "pseudobulk.h5ad")
+    assert list(pb.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D2", "T|D3"]
+    np.testing.assert_array_equal(pb.X, [[5, 0, 0], [3, 0, 7], [1, 1, 2], [2, 2, 2], [4, 3, 1]])
+    assert pb.X.dtype == np.float32
+    assert pb.obs["n_cells"].tolist() == [1, 2, 2, 1, 2]
+    assert list(pb.var_names) == ["ENSG01", "ENSG02", "ENSG03"]
+    assert list(pb.var.columns) == ["feature_name"]
+    assert pb.uns["provenance"]["stage"] == "pseudobulk"
+    metrics = json.loads((out / "pseudobulk.json").read_text())
+    assert metrics["samples"] == 5
+    assert metrics["samples_per_cell_type"] == {"B": 2, "T": 3}
+    assert metrics["donors_unknown_age"] == 1
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "donor_ages.png",
+        "donors.csv",
+        "samples_per_cell_type.csv",
+        "samples_per_cell_type.png",
+    ]
+    first = (out / "pseudobulk.h5ad").read_bytes()
+    assert run_stage(tmp_path, monkeypatch, min_samples_per_cell_type=2, min_cells=1)[0] == 0
+    assert (out / "pseudobulk.h5ad").read_bytes() == first
+
+
+def test_stage_blocks_give_the_same_sums(tmp_path, monkeypatch):
+    write_inputs(tmp_path)
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 0
+    whole = io.read_h5ad(out / "pseudobulk.h5ad")
+    monkeypatch.setattr(stage, "BLOCK_CELLS", 2)
+    assert run_stage(tmp_path, monkeypatch)[0] == 0
+    blocks = io.read_h5ad(out / "pseudobulk.h5ad")
+    np.testing.assert_array_equal(blocks.X, whole.X)
+    pd.testing.assert_frame_equal(blocks.obs, whole.obs)
+
+
+def test_stage_cells_table_with_cell_id_column(tmp_path, monkeypatch):
+    adata = cells_adata()
+    cells = pd.DataFrame({"cell_id": list(adata.obs_names)[::-1], "keep": True})
+    write_inputs(tmp_path, adata, cells=cells)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 0
+
+
+def test_stage_cells_missing_from_qc_table(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    cells = pd.DataFrame({"keep": True}, index=pd.Index(adata.obs_names[:-2], name="cell_id"))
+    write_inputs(tmp_path, adata, cells=cells)
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: cells.parquet: 2 cells of filtered.h5ad are not listed "
+        "(e.g. 'cell7'); expected one row per filtered cell"
+    )
+    assert not out.exists()
+
+
+def test_stage_cells_not_in_filtered(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    ids = [*adata.obs_names, "stranger"]
+    cells = pd.DataFrame({"keep": True}, index=pd.Index(ids, name="cell_id"))
+    write_inputs(tmp_path, adata, cells=cells)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: cells.parquet: 1 cells are not in filtered.h5ad (e.g. 'stranger')"
+    )
+
+
+def test_stage_keep_not_boolean(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    cells = pd.DataFrame({"keep": 1}, index=pd.Index(adata.obs_names, name="cell_id"))
+    write_inputs(tmp_path, adata, cells=cells)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: cells.parquet: column 'keep' must be boolean, found int64"
+    )
+
+
+def test_stage_keep_nullable_boolean(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    index = pd.Index(adata.obs_names, name="cell_id")
+    keep = pd.array([True] * adata.n_obs, dtype="boolean")
+    write_inputs(tmp_path, adata, cells=pd.DataFrame({"keep": keep}, index=index))
+    assert run_stage(tmp_path, monkeypatch)[0] == 0
+    keep[0] = pd.NA
+    write_inputs(tmp_path, adata, cells=pd.DataFrame({"keep": keep}, index=index))
+    assert run_stage(tmp_path, monkeypatch)[0] == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: cells.parquet: column 'keep' has missing values"
+    )
+
+
+def test_stage_keep_missing(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    cells = pd.DataFrame({"n_genes": 1}, index=pd.Index(adata.obs_names, name="cell_id"))
+    write_inputs(tmp_path, adata, cells=cells)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == "error: pseudobulk: cells.parquet: column 'keep' missing"
+
+
+def test_stage_no_cell_id(tmp_path, monkeypatch, capsys):
+    cells = pd.DataFrame({"keep": [True] * len(CELLS)})
+    write_inputs(tmp_path, cells=cells)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == "error: pseudobulk: cells.parquet: no 'cell_id' index or column"
+
+
+def test_stage_no_cell_kept(tmp_path, monkeypatch, capsys):
+    write_inputs(tmp_path, keep=np.zeros(len(CELLS), dtype=bool))
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == "error: pseudobulk: cells.parquet: no cell has keep == True"
+
+
+def test_stage_qc_table_missing(tmp_path, monkeypatch, capsys):
+    io.write_h5ad(cells_adata(), tmp_path / "filtered.h5ad")
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == "error: pseudobulk: cells.parquet: file not found"
+
+
+def test_stage_missing_sex(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    del adata.obs["sex"]
+    write_inputs(tmp_path, adata)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == "error: pseudobulk: filtered.h5ad: obs column 'sex' missing"
+
+
+def test_stage_missing_development_stage(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    del adata.obs["development_stage"]
+    write_inputs(tmp_path, adata)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: filtered.h5ad: obs column 'development_stage' missing "
+        "(or a numeric 'age')"
+    )
+
+
+def test_stage_missing_feature_name(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    del adata.var["feature_name"]
+    write_inputs(tmp_path, adata)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: filtered.h5ad: var column 'feature_name' missing"
+    )
+
+
+def test_stage_refuses_normalised_values(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    adata.X = adata.X.astype(np.float32) * 0.5
+    write_inputs(tmp_path, adata)
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: filtered.h5ad: X holds a value that is not a count "
+        "(0.5); expected raw counts"
+    )
+    assert not out.exists()
+
+
+def test_stage_bad_age_label(tmp_path, monkeypatch, capsys):
+    adata = cells_adata()
+    adata.obs["development_stage"] = adata.obs["development_stage"].cat.rename_categories(
+        {"unknown": "63 yrs"}
+    )
+    write_inputs(tmp_path, adata)
+    code, _ = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert last_error(capsys).startswith(
+        "error: pseudobulk: filtered.h5ad: development_stage '63 yrs': cannot read an age"
+    )
+
+
+def test_stage_nothing_survives(tmp_path, monkeypatch, capsys):
+    write_inputs(tmp_path)
+    code, out = run_stage(tmp_path, monkeypatch, min_samples_per_cell_type=4)
+    assert code == 2
+    assert last_error(capsys) == (
+        "error: pseudobulk: filtered.h5ad: no cell type has 4 samples of >= 2 cells "
+        "(pseudobulk.min_samples_per_cell_type, pseudobulk.min_cells)"
+    )
+    assert not out.exists()
