@@ -1,0 +1,264 @@
+"""Differential expression with age (PyDESeq2 on pseudobulk), and the de stage."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from immune_aging import io
+from immune_aging.analysis import de
+from immune_aging.errors import InputError
+from immune_aging.stages import de as de_stage
+
+CT = "central memory CD4-positive, alpha-beta T cell"
+DE_PARAMS = "de: {alpha: 0.05, min_total_count: 10, min_donors: 6}\n"
+
+
+def make_pseudobulk(
+    n_donors: int = 10,
+    n_genes: int = 30,
+    *,
+    seed: int = 0,
+    effect: float = 1.0,
+    unknown_age: int = 0,
+    extra: bool = True,
+) -> ad.AnnData:
+    """Pseudobulk of one cell type with gene 0 up and gene 1 down with age.
+
+    ``effect`` is log2 fold change per decade. With ``extra``, a cell type with a
+    single donor and an unused category ("empty") are added.
+    """
+    rng = np.random.default_rng(seed)
+    age = np.linspace(22, 85, n_donors)
+    sex = np.array(["female", "male"] * (n_donors // 2) + ["female"] * (n_donors % 2))
+    base = rng.uniform(50, 400, n_genes)
+    lfc = np.zeros(n_genes)
+    lfc[0], lfc[1] = effect, -effect
+    mu = base[None, :] * 2 ** (lfc[None, :] * (age[:, None] - 50) / 10)
+    counts = rng.negative_binomial(20, 20 / (20 + mu)).astype(np.float32)
+    cts = [CT] * n_donors
+    donors = [f"D{i}" for i in range(n_donors)]
+    ages = age.copy()
+    ages[:unknown_age] = np.nan
+    sexes = list(sex)
+    categories = [CT, "empty", "natural killer cell"] if extra else [CT]
+    if extra:
+        counts = np.vstack([counts, rng.poisson(100, (1, n_genes)).astype(np.float32)])
+        cts.append("natural killer cell")
+        donors.append("D0")
+        ages = np.append(ages, 40.0)
+        sexes.append("male")
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(cts, categories=categories),
+            "donor_id": pd.Categorical(donors),
+            "n_cells": 20,
+            "sex": pd.Categorical(sexes),
+            "development_stage": [f"{a}-year-old stage" for a in range(len(cts))],
+            "age": ages,
+        },
+        index=[f"{c}|{d}" for c, d in zip(cts, donors, strict=True)],
+    )
+    var = pd.DataFrame(
+        {"feature_name": [f"GENE{i}" for i in range(n_genes)]},
+        index=[f"ENSG{i:011d}" for i in range(n_genes)],
+    )
+    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+
+
+def run(adata, **kw):
+    opts = {"alpha": 0.05, "min_total_count": 10, "min_donors": 6} | kw
+    return de.differential_expression(adata, **opts)
+
+
+def test_planted_age_effect_has_the_right_sign():
+    results, summaries = run(make_pseudobulk(extra=False))
+    assert list(results.columns) == de.RESULT_COLUMNS
+    up = results.set_index("gene").loc["GENE0"]
+    down = results.set_index("gene").loc["GENE1"]
+    assert up["log2FoldChange"] > 0 and up["stat"] > 0 and up["padj"] < 0.05
+    assert down["log2FoldChange"] < 0 and down["stat"] < 0 and down["padj"] < 0.05
+    # per-decade effect recovered from the per-SD coefficient
+    assert up["log2fc_per_decade"] == pytest.approx(1.0, abs=0.25)
+    assert down["log2fc_per_decade"] == pytest.approx(-1.0, abs=0.25)
+    (s,) = summaries
+    assert s.design == "~age_scaled + sex"
+    assert s.age_sd_years == pytest.approx(np.std(np.linspace(22, 85, 10), ddof=1))
+    assert s.n_up >= 1 and s.n_down >= 1
+
+
+def test_unknown_age_donors_are_dropped_and_counted():
+    _, summaries = run(make_pseudobulk(n_donors=10, unknown_age=2, extra=False))
+    (s,) = summaries
+    assert (s.n_samples, s.n_donors, s.n_dropped_unknown_age) == (10, 8, 2)
+
+
+def test_empty_and_single_donor_cell_types_are_skipped():
+    results, summaries = run(make_pseudobulk())
+    by = {s.cell_type: s for s in summaries}
+    assert by["empty"].skipped == "no samples"
+    assert by["natural killer cell"].skipped == (
+        "1 donor(s) of known age, fewer than de.min_donors=6"
+    )
+    assert set(results["cell_type"]) == {CT}
+
+
+def test_every_cell_type_skipped_gives_empty_table():
+    results, summaries = run(make_pseudobulk(n_donors=4, extra=False))
+    assert results.empty and list(results.columns) == de.RESULT_COLUMNS
+    assert summaries[0].skipped.startswith("4 donor(s) of known age")
+
+
+def test_single_sex_falls_back_to_age_only_design():
+    adata = make_pseudobulk(extra=False)
+    adata.obs["sex"] = "female"
+    _, (s,) = run(adata)
+    assert s.design == "~age_scaled" and s.skipped is None
+
+
+def test_genes_below_min_total_count_are_not_tested():
+    adata = make_pseudobulk(extra=False)
+    x = adata.X.toarray()
+    x[:, 5] = 0
+    x[:, 6] = 0
+    x[0, 6] = 3
+    adata.X = sp.csr_matrix(x)
+    results, (s,) = run(adata)
+    assert s.n_genes_tested == 28
+    assert not {"GENE5", "GENE6"} & set(results["gene"])
+
+
+def test_same_age_everywhere_is_skipped():
+    adata = make_pseudobulk(extra=False)
+    adata.obs["age"] = 50.0
+    _, (s,) = run(adata)
+    assert s.skipped == "every donor has the same age"
+
+
+def test_input_is_not_modified():
+    adata = make_pseudobulk()
+    before = adata.copy()
+    run(adata)
+    assert (adata.X != before.X).nnz == 0
+    pd.testing.assert_frame_equal(adata.obs, before.obs)
+
+
+def test_parallel_gives_the_same_results():
+    adata = ad.concat(
+        [make_pseudobulk(extra=False, seed=1), _relabel(make_pseudobulk(extra=False, seed=2))],
+        merge="same",
+    )
+    serial, _ = run(adata, n_jobs=1)
+    parallel, _ = run(adata, n_jobs=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+
+
+def _relabel(adata):
+    adata.obs["cell_type"] = pd.Categorical(["naive B cell"] * adata.n_obs)
+    adata.obs_names = [f"naive B cell|{d}" for d in adata.obs["donor_id"]]
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.obs.pop("age"), "pb.h5ad: obs column 'age' missing"),
+        (
+            lambda a: a.var.pop("feature_name"),
+            "pb.h5ad: var column 'feature_name' missing",
+        ),
+        (
+            lambda a: setattr(a, "X", a.X * 0.5),
+            "pb.h5ad: X must hold summed raw counts (non-negative integers)",
+        ),
+        (
+            lambda a: a.obs.__setitem__("age", "old"),
+            "pb.h5ad: obs column 'age' must be numeric years (NaN when unknown)",
+        ),
+    ],
+)
+def test_validation_messages(change, message):
+    adata = make_pseudobulk()
+    change(adata)
+    with pytest.raises(InputError) as err:
+        de.validate_pseudobulk(adata, source="pb.h5ad")
+    assert str(err.value) == message
+
+
+def test_duplicate_sample_is_refused():
+    adata = make_pseudobulk(extra=False)
+    adata.obs["donor_id"] = "D0"
+    with pytest.raises(InputError) as err:
+        de.validate_pseudobulk(adata, source="pb.h5ad")
+    assert str(err.value) == f"pb.h5ad: more than one sample for cell type {CT!r} and donor 'D0'"
+
+
+def test_slugs_are_safe_and_unique():
+    assert de.slug(CT) == "central_memory_cd4_positive_alpha_beta_t_cell"
+    assert de.unique_slugs(["a b", "a-b", "c"]) == {"a b": "a_b", "a-b": "a_b_2", "c": "c"}
+
+
+# --------------------------------------------------------------------------- stage
+
+
+@pytest.fixture
+def stage_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("IMMUNE_AGING_THREADS", "1")
+    (tmp_path / "params.yaml").write_text(DE_PARAMS)
+    return tmp_path
+
+
+def stage_args(root):
+    return [
+        "--params", str(root / "params.yaml"),
+        "--input", str(root / "pb.h5ad"),
+        "--out", str(root / "de" / "results.parquet"),
+        "--metrics", str(root / "metrics" / "de.json"),
+        "--plots", str(root / "plots" / "de"),
+    ]  # fmt: skip
+
+
+def test_stage_writes_results_metrics_and_plots(stage_env):
+    io.write_h5ad(make_pseudobulk(unknown_age=1), stage_env / "pb.h5ad")
+    assert de_stage.main(stage_args(stage_env)) == 0
+    results = pd.read_parquet(stage_env / "de" / "results.parquet")
+    assert list(results.columns) == de.RESULT_COLUMNS
+    metrics = json.loads((stage_env / "metrics" / "de.json").read_text())
+    assert metrics["n_cell_types_tested"] == 1 and metrics["n_cell_types_skipped"] == 2
+    entry = metrics["cell_types"][CT]
+    assert entry["n_donors"] == 9 and entry["n_dropped_unknown_age"] == 1
+    assert entry["n_genes_tested"] == 30 and entry["n_up"] >= 1
+    assert metrics["cell_types"]["empty"]["skipped"] == "no samples"
+    plots = sorted(p.name for p in (stage_env / "plots" / "de").iterdir())
+    assert plots == [
+        "de_counts.csv",
+        "de_counts.png",
+        "volcano_central_memory_cd4_positive_alpha_beta_t_cell.png",
+    ]
+
+
+def test_stage_bad_input_writes_nothing(stage_env, capsys):
+    adata = make_pseudobulk()
+    del adata.obs["donor_id"]
+    io.write_h5ad(adata, stage_env / "pb.h5ad")
+    assert de_stage.main(stage_args(stage_env)) == 2
+    assert f"error: de: {stage_env / 'pb.h5ad'}: obs column 'donor_id' missing" in (
+        capsys.readouterr().err
+    )
+    assert not (stage_env / "de").exists() and not (stage_env / "metrics").exists()
+
+
+def test_stage_every_cell_type_skipped_is_an_error(stage_env, capsys):
+    io.write_h5ad(make_pseudobulk(n_donors=4, extra=False), stage_env / "pb.h5ad")
+    assert de_stage.main(stage_args(stage_env)) == 2
+    assert (
+        f"error: de: {stage_env / 'pb.h5ad'}: no cell type can be tested for age effects: all 1"
+        f" skipped (e.g. {CT!r}: 4 donor(s) of known age, fewer than de.min_donors=6)"
+    ) in capsys.readouterr().err
+    assert not (stage_env / "de").exists()
