@@ -1,0 +1,477 @@
+"""The report stage: a self-contained, escaped, deterministic HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from immune_aging import io
+from immune_aging.report import build, captions, collect
+from immune_aging.stages import report as report_stage
+
+REPO = Path(__file__).resolve().parents[1]
+CD4 = "central memory CD4-positive, alpha-beta T cell"
+NK = "natural killer cell"
+EVIL_GENE = "<b>X&Y</b>"
+
+
+def tiny_png(path: Path) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1, 2], [1, 0, 2])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.save_figure(fig, path, dpi=40)
+    return path.read_bytes()
+
+
+def write_checkpoint(path: Path, stage: str, params: dict, *, record: bool = True) -> None:
+    adata = ad.AnnData(np.zeros((3, 2), dtype="float32"))
+    adata.obs_names = ["c1", "c2", "c3"]
+    adata.var_names = ["g1", "g2"]
+    if record:
+        adata.uns["provenance"] = {
+            "stage": stage,
+            "params": json.dumps(params, sort_keys=True),
+            "packages": {"numpy": "2.0.0", "scanpy": "1.11.5"},
+            "inputs": {"dataset.h5ad": "ab" * 32},
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_h5ad(adata, path)
+
+
+def make_results(root: Path) -> dict[str, Path]:
+    """A tiny results tree: params, metrics, plots, tables and one checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    params = collect.read_params(root / "params.yaml")[0]
+    metrics = root / "metrics"
+    metrics.mkdir()
+    io.write_json({"cells_in": 1000, "cells_out": 950, "cutoff": 12.5}, metrics / "filter.json")
+    io.write_json(
+        {"cells_in": 950, "removed": {"max_pct_mt": 20, "doublets": 31}, "kept": 899},
+        metrics / "qc.json",
+    )
+    io.write_json(
+        {CD4: {"r2_mean": 0.71, "baseline_r2_mean": 0.02, "n_donors": 40}},
+        metrics / "predict.json",
+    )
+    io.write_json(
+        {
+            "de.recall": 0.91,
+            "de.fdr": 0.04,
+            "gsea.planted_found": 5,
+            "gsea.planted_total": 6,
+            "ora.planted_found": 4,
+            "predict.r2": 0.71,
+            "predict.baseline_r2": 0.02,
+            "cluster.ari": 0.8,
+            "cluster.purity": 0.95,
+            "qc.doublet_recall": 0.6,
+            "qc.doublet_precision": None,
+        },
+        metrics / "evaluate.json",
+    )
+    tiny_png(root / "plots" / "filter" / "cells_per_donor.png")
+    (root / "plots" / "filter" / "cells_per_donor.csv").write_text("donor_id,n_cells\nd1,10\n")
+    tiny_png(root / "plots" / "de" / "volcano_natural_killer_cell.png")
+    (root / "data" / "de").mkdir(parents=True)
+    de = pd.DataFrame(
+        {
+            "cell_type": [CD4] * 4 + [NK] * 2,
+            "gene_id": ["E1", "E2", "E3", "E4", "E1", "E2"],
+            "gene": ["AAA", EVIL_GENE, "CCC", "DDD", "AAA", "BBB"],
+            "baseMean": [10.0, 20.0, 30.0, 40.0, 5.0, 6.0],
+            "log2FoldChange": [1.0, 0.5, -0.7, -0.2, 0.3, np.nan],
+            "lfcSE": 0.1,
+            "stat": [5.0, 2.0, -4.0, -1.0, 1.0, np.nan],
+            "pvalue": [1e-6, 1e-3, 1e-5, 0.3, 0.2, np.nan],
+            "padj": [1e-5, 4e-3, 2e-5, 0.4, 0.3, np.nan],
+        }
+    )
+    io.write_parquet(de, root / "data" / "de" / "results.parquet")
+    (root / "data" / "gsea").mkdir(parents=True)
+    gsea = pd.DataFrame(
+        {
+            "cell_type": [CD4, CD4],
+            "term": ["AGE_UP_1", "DECOY_1"],
+            "es": [0.8, 0.1],
+            "nes": [2.1, 0.3],
+            "pval": [0.001, 0.7],
+            "fdr": [0.01, 0.8],
+            "lead_genes": ["AAA;CCC", ""],
+        }
+    )
+    io.write_parquet(gsea, root / "data" / "gsea" / "results.parquet")
+    (root / "data" / "ora").mkdir(parents=True)
+    ora = pd.DataFrame(
+        {
+            "cell_type": [CD4, CD4],
+            "direction": ["up", "down"],
+            "term": ["AGE_UP_1", "AGE_DOWN_1"],
+            "overlap": ["2/30", "1/25"],
+            "pval": [0.001, 0.02],
+            "padj": [0.004, 0.04],
+            "genes": ["AAA;BBB", "CCC"],
+        }
+    )
+    io.write_parquet(ora, root / "data" / "ora" / "results.parquet")
+    write_checkpoint(root / "data" / "filter" / "filtered.h5ad", "filter", params["filter"])
+    return {"root": root}
+
+
+def argv(root: Path, out: Path) -> list[str]:
+    stages = [s.name for s in build.STAGES]
+    return [
+        "--params",
+        str(root / "params.yaml"),
+        "--metrics",
+        *[str(root / "metrics" / f"{s}.json") for s in stages],
+        "--plots",
+        *[str(root / "plots" / s) for s in stages],
+        "--de",
+        str(root / "data" / "de" / "results.parquet"),
+        "--gsea",
+        str(root / "data" / "gsea" / "results.parquet"),
+        "--ora",
+        str(root / "data" / "ora" / "results.parquet"),
+        "--provenance",
+        str(root / "data" / "raw" / "dataset.h5ad"),
+        str(root / "data" / "filter" / "filtered.h5ad"),
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
+    return make_results(tmp_path / "results")["root"]
+
+
+@pytest.fixture
+def page(results, tmp_path):
+    out = tmp_path / "reports" / "report.html"
+    assert report_stage.main(argv(results, out)) == 0
+    return out.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_every_stage_has_a_section_in_pipeline_order(page):
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == ["overview", *[f"stage-{s.name}" for s in build.STAGES], "provenance"]
+    toc = re.search(r'<nav class="toc">(.*?)</nav>', page, flags=re.S).group(1)
+    assert re.findall(r'href="#([^"]+)"', toc) == ids
+
+
+def test_sections_show_metrics_params_and_provenance(page):
+    filter_section = re.search(r'<section id="stage-filter">(.*?)</section>', page, re.S).group(1)
+    assert "cells_out" in filter_section and "950" in filter_section
+    assert "filter.cutoff_percentile" in filter_section  # params table
+    assert "drop donors below this percentile" in filter_section  # comment from params.yaml
+    assert "data/filter/filtered.h5ad" in filter_section
+    assert "matches params.yaml" in filter_section
+    assert "ab" * 32 in filter_section  # input hash
+    assert "3 observations" in filter_section
+    # metrics per cell type become one table with a row per cell type
+    predict = re.search(r'<section id="stage-predict">(.*?)</section>', page, re.S).group(1)
+    assert '<th class="num">r2_mean</th>' in predict
+    provenance = re.search(r'<section id="provenance">(.*?)</section>', page, re.S).group(1)
+    assert "scanpy" in provenance and "1.11.5" in provenance
+
+
+def test_images_are_embedded_as_data_uris(page, results):
+    srcs = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(srcs) == 2
+    pngs = sorted(p.read_bytes() for p in (results / "plots").rglob("*.png"))
+    decoded = sorted(base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in srcs)
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert decoded == pngs
+    assert page.count("<figcaption>") == 2
+    assert "Cells per donor before filtering" in page  # a known caption
+    assert "Volcano plot for natural killer cell" in page
+
+
+def test_no_external_references(page):
+    for attr, value in re.findall(r'\b(src|href)="([^"]*)"', page):
+        assert value.startswith(("#", "data:")), (attr, value[:60])
+    assert "<script" not in page.lower()
+    assert "@import" not in page and "url(" not in page
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
+
+
+def test_text_is_escaped(page):
+    assert EVIL_GENE not in page
+    assert html.escape(EVIL_GENE) in page
+    assert html.escape(CD4) in page
+    assert f">{NK}</h4>" in page  # DE table of the second cell type
+
+
+def test_rebuild_is_byte_identical(results, tmp_path):
+    first, second = tmp_path / "a" / "r.html", tmp_path / "b" / "r.html"
+    assert report_stage.main(argv(results, first)) == 0
+    assert report_stage.main(argv(results, second)) == 0
+    assert first.read_bytes() == second.read_bytes()
+    assert sorted(p.name for p in first.parent.iterdir()) == ["r.html"]
+
+
+def test_missing_inputs_say_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
+    root = tmp_path / "empty"
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    out = tmp_path / "r.html"
+    assert report_stage.main(argv(root, out)) == 0
+    page = out.read_text()
+    for stage in build.STAGES:
+        section = re.search(rf'<section id="stage-{stage.name}">(.*?)</section>', page, re.S)
+        assert "not run" in section.group(1), stage.name
+    assert "<img" not in page
+
+
+def test_goals_in_overview_and_evaluation(page):
+    overview = re.search(r'<section id="overview">(.*?)</section>', page, re.S).group(1)
+    assert "6 of 7" in overview  # doublet precision is null: not checked
+    evaluate = re.search(r'<section id="stage-evaluate">(.*?)</section>', page, re.S).group(1)
+    assert evaluate.count('class="badge bad">not met') == 1  # gsea 5 of 6
+    assert evaluate.count('class="badge na">n/a') == 1
+
+
+def test_top_tables_sorted_and_split_by_direction(page):
+    de = re.search(r'<section id="stage-de">(.*?)</section>', page, re.S).group(1)
+    cd4 = de[de.index(html.escape(CD4)) :]
+    up, down = cd4.index("up with age"), cd4.index("down with age")
+    assert up < cd4.index("AAA") < cd4.index(html.escape(EVIL_GENE)) < down  # by padj
+    assert down < cd4.index("CCC") < cd4.index("DDD")
+    assert "2 up and 1 down at padj &lt; 0.05" in cd4
+    assert '<tr class="dim"><td title="E4">DDD</td>' in cd4  # padj 0.4: dimmed
+    gsea = re.search(r'<section id="stage-gsea">(.*?)</section>', page, re.S).group(1)
+    assert gsea.index("AGE_UP_1") < gsea.index("DECOY_1")
+    ora = re.search(r'<section id="stage-ora">(.*?)</section>', page, re.S).group(1)
+    up, down = ora.index("up genes</h5>"), ora.index("down genes</h5>")
+    assert up < ora.index("AGE_UP_1") < down < ora.index("AGE_DOWN_1")
+
+
+def test_de_per_decade_from_age_sd():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T", "B"],
+            "gene_id": ["E1", "E2"],
+            "gene": ["G1", "G2"],
+            "baseMean": 1.0,
+            "log2FoldChange": [0.4, 0.4],
+            "pvalue": 0.001,
+            "padj": 0.01,
+        }
+    )
+    out = build.render_top_de(de, top_n=5, alpha=0.05, age_sd={"T": 20.0})
+    t_block = out[out.index('id="de-t"') :]
+    b_block = out[out.index('id="de-b"') : out.index('id="de-t"')]
+    assert '<th class="num">per decade</th>' in t_block
+    assert '<td class="num">0.4</td><td class="num">0.2</td>' in t_block
+    assert "per decade" not in b_block
+
+
+def test_top_n_limits_rows():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T"] * 5,
+            "gene_id": [f"E{i}" for i in range(5)],
+            "gene": [f"G{i}" for i in range(5)],
+            "baseMean": 1.0,
+            "log2FoldChange": 1.0,
+            "pvalue": [0.5, 0.1, 0.2, 0.3, 0.4],
+            "padj": [0.5, 0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    out = build.render_top_de(de, top_n=2, alpha=0.05)
+    assert re.findall(r"<td title=\"E\d\">(G\d)</td>", out) == ["G1", "G2"]
+    assert "No gene tested in this direction." in out
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_check_goals():
+    results = {
+        r.goal.name: r
+        for r in build.check_goals(
+            {
+                "de.recall": 0.8,
+                "de.fdr": 0.2,
+                "gsea.planted_found": 3,
+                "gsea.planted_total": 3,
+                "predict.r2": 0.6,
+                "predict.baseline_r2": 0.4,
+                "cluster.purity": None,
+            }
+        )
+    }
+    assert results["DE recall"].status == "met"
+    assert results["DE false discoveries"].status == "not met"
+    assert results["GSEA finds the planted sets"].status == "met"
+    assert results["Age prediction R\N{SUPERSCRIPT TWO}"].status == "met"
+    beats = results["Age prediction beats the baseline"]
+    assert beats.status == "not met" and beats.target == pytest.approx(0.7)
+    assert results["Cluster purity"].status == "n/a"
+    assert results["Doublet recall"].status == "n/a"
+
+
+def test_check_goals_accepts_nested_metrics():
+    (recall, *_) = build.check_goals({"de": {"recall": 0.9}})
+    assert recall.status == "met" and recall.value == 0.9
+
+
+def test_no_truth_says_so():
+    html_text = build._goals_intro({"de.recall": None, "de.fdr": None})
+    assert "No ground truth" in html_text
+
+
+def test_format_value():
+    assert build.format_value(None) == "null"
+    assert build.format_value(float("nan")) == "null"
+    assert build.format_value(True) == "true"
+    assert build.format_value(12) == "12"
+    assert build.format_value(26297) == "26,297"
+    assert build.format_value(3.0) == "3"
+    assert build.format_value(30000.0) == "30,000"
+    assert build.format_value(1234.56) == "1,234.6"
+    assert build.format_value(0.123456) == "0.1235"
+    assert build.format_value(1.5e-8) == "1.5e-08"
+    assert build.format_value(np.float32(0.5)) == "0.5"
+
+
+def test_render_metrics_nested_and_escaped():
+    out = build.render_metrics({"a<b": 1, "per": {"x": {"k": 1}, "y": {"k": 2, "j": 3}}})
+    assert "a&lt;b" in out and "a<b" not in out
+    assert "<h4>per</h4>" in out
+    labels = build.render_metrics({"kept": [CD4, NK], "sizes": [1, 2]})
+    assert f"<td>{html.escape(CD4)}; {NK}</td>" in labels and "<td>1, 2</td>" in labels
+    assert '<th class="num">k</th><th class="num">j</th>' in out
+    sizes = build.render_metrics({"10": 1, "2": 5, "0": 7})
+    assert re.findall(r'<td class="key">(\d+)</td>', sizes) == ["0", "2", "10"]
+
+
+def test_param_comments():
+    text = (
+        "# file header\n\ndata:\n  # Where from:\n  #   synthetic  simulated\n"
+        "  source: synthetic\n  sub:\n    seed: 0   # random seed\n"
+        'qc:\n  regex: "^MT-#x"  # not cut at the quoted hash\n  list:\n    - a\n  n: 1\n'
+    )
+    assert collect.param_comments(text) == {
+        "data.source": "Where from:\nsynthetic  simulated",
+        "data.sub.seed": "random seed",
+        "qc.regex": "not cut at the quoted hash",
+    }
+
+
+def test_captions():
+    assert captions.caption_for("dimred", "umap_donor.png").startswith("UMAP of the Harmony")
+    assert "cell type" in captions.caption_for("preprocess", "pca_cell_type.png")
+    volcano = captions.caption_for("de", "volcano_CD14-positive_monocyte.png")
+    assert volcano.startswith("Volcano plot for CD14-positive monocyte:")
+    slugged = captions.caption_for(
+        "de",
+        "volcano_cd16_positive_cd56_dim_nk_cell.png",
+        labels=["CD16-positive, CD56-dim NK cell"],
+    )
+    assert slugged.startswith("Volcano plot for CD16-positive, CD56-dim NK cell:")
+    assert captions.caption_for("de", "volcano.png").startswith("Volcano plot: one dot")
+    generic = captions.caption_for("qc", "something_new.png")
+    assert generic.startswith("Figure 'something new' of the qc stage")
+
+
+def test_provenance_inputs_written_as_nested_groups(tmp_path):
+    path = tmp_path / "pseudobulk" / "pb.h5ad"
+    write_checkpoint(path, "pseudobulk", {"min_cells": 10})
+    with h5py.File(path, "a") as fh:
+        del fh["uns/provenance/inputs"]
+        group = fh.create_group("uns/provenance/inputs/data/qc")
+        group.create_dataset("cells.parquet", data="cd" * 32, dtype=h5py.string_dtype())
+    record = collect.read_provenance(path)
+    assert record.stage == "pseudobulk" and record.recorded
+    assert record.inputs == {"data/qc/cells.parquet": "cd" * 32}
+    assert record.params == {"min_cells": 10}
+    assert (record.n_obs, record.n_vars) == (3, 2)
+
+
+def test_checkpoint_without_provenance(tmp_path):
+    path = tmp_path / "raw" / "dataset.h5ad"
+    write_checkpoint(path, "data", {}, record=False)
+    record = collect.read_provenance(path)
+    assert record.stage == "data" and not record.recorded
+    assert collect.read_provenance(tmp_path / "missing.h5ad") is None
+
+
+def test_build_does_not_touch_inputs(results):
+    inputs = collect.read_all(
+        params_file=results / "params.yaml",
+        de=results / "data" / "de" / "results.parquet",
+        gsea=results / "data" / "gsea" / "results.parquet",
+        ora=results / "data" / "ora" / "results.parquet",
+    )
+    before = inputs.de.copy(), inputs.gsea.copy(), inputs.ora.copy()
+    build.build_report(inputs, title="t", top_n=3)
+    for df, old in zip((inputs.de, inputs.gsea, inputs.ora), before, strict=True):
+        pd.testing.assert_frame_equal(df, old)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def fails_with(results, tmp_path, capsys, message):
+    out = tmp_path / "out" / "report.html"
+    assert report_stage.main(argv(results, out)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: report: {message}"
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_bad_metrics_json(results, tmp_path, capsys):
+    path = results / "metrics" / "qc.json"
+    path.write_text("{not json")
+    fails_with(results, tmp_path, capsys, f"{path}: not valid JSON (line 1)")
+
+
+def test_table_missing_column(results, tmp_path, capsys):
+    path = results / "data" / "de" / "results.parquet"
+    io.write_parquet(pd.read_parquet(path).drop(columns="padj"), path)
+    fails_with(results, tmp_path, capsys, f"{path}: column 'padj' missing")
+
+
+def test_table_not_parquet(results, tmp_path, capsys):
+    path = results / "data" / "ora" / "results.parquet"
+    path.write_text("cell_type,term\n")
+    fails_with(results, tmp_path, capsys, f"{path}: not a readable parquet file")
+
+
+def test_figure_not_png(results, tmp_path, capsys):
+    path = results / "plots" / "filter" / "broken.png"
+    path.write_bytes(b"GIF89a")
+    fails_with(results, tmp_path, capsys, f"{path}: not a PNG image")
+
+
+def test_checkpoint_not_h5ad(results, tmp_path, capsys):
+    path = results / "data" / "filter" / "filtered.h5ad"
+    path.write_text("not hdf5")
+    fails_with(results, tmp_path, capsys, f"{path}: not an h5ad file (no HDF5 signature)")
+
+
+def test_bad_report_params(results, tmp_path, capsys):
+    path = results / "params.yaml"
+    path.write_text(path.read_text().replace("top_n: 10 ", "top_n: 0 "))
+    fails_with(results, tmp_path, capsys, f"{path}: report.top_n: expected an integer >= 1, got 0")
