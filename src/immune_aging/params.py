@@ -47,7 +47,7 @@ class SyntheticParams:
     n_donors: int = _f(ge=2)
     n_cell_types: int = _f(ge=1, le=12)
     cells_per_donor: int = _f(ge=10)
-    n_genes: int = _f(ge=200)
+    n_genes: int = _f(ge=500)
     doublet_rate: float = _f(ge=0.0, lt=0.5)
     dying_rate: float = _f(ge=0.0, lt=0.5)
     rbc_rate: float = _f(ge=0.0, lt=0.5)
@@ -109,6 +109,7 @@ class DimredParams:
     harmony_max_iter: int = _f(ge=1)
     n_neighbors: int = _f(ge=2)
     n_pcs: int = _f(ge=2)
+    exact_knn_max_cells: int = _f(ge=0)
     umap_min_dist: float = _f(ge=0.0)
     seed: int = _f(ge=0)
 
@@ -166,6 +167,7 @@ class OraParams:
     min_size: int = _f(ge=1)
     max_size: int = _f(ge=1)
     backend: Literal["local", "enrichr"]
+    enrichr_libraries: list[str]
 
 
 @dataclass(frozen=True)
