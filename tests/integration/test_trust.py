@@ -58,6 +58,17 @@ def test_thread_count_invalidates_nothing_and_agrees_scientifically(repo):
     )
 
 
+def assert_reran(output: str, repo: Path, stage: str) -> None:
+    """``stage`` ran, and nothing outside it and its downstream stages did.
+
+    A downstream stage reruns only when an output it reads changed content: DVC
+    compares hashes, so an edit that leaves ``stage``'s outputs identical stops there.
+    """
+    ran = ran_stages(output)
+    assert stage in ran, output
+    assert ran <= downstream(repo, stage), output
+
+
 @pytest.mark.parametrize("stage", ["qc", "cluster", "predict"])
 def test_a_param_reruns_its_stage_and_downstream_only(repo, stage):
     change = {
@@ -67,14 +78,16 @@ def test_a_param_reruns_its_stage_and_downstream_only(repo, stage):
     }[stage]
     set_param(repo, *change)
     out = dvc(repo, "repro").stdout
-    assert ran_stages(out) == downstream(repo, stage)
+    assert_reran(out, repo, stage)
+    if stage == "cluster":  # a new partition changes every output downstream
+        assert ran_stages(out) == downstream(repo, stage)
 
 
 def test_a_code_edit_reruns_the_stages_using_it(repo):
     target = repo / "src/immune_aging/analysis/cluster.py"
     target.write_text(target.read_text() + "\n# an edit\n")
     out = dvc(repo, "repro").stdout
-    assert ran_stages(out) == downstream(repo, "cluster")
+    assert_reran(out, repo, "cluster")
 
 
 def test_docs_and_tests_edits_rerun_nothing(repo):
@@ -98,8 +111,8 @@ def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo):
         [str(VENV_BIN / "dvc"), "repro", "filter"],
         cwd=repo,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.time() + 120
