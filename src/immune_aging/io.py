@@ -187,6 +187,41 @@ def write_parquet(df: Any, path: str | os.PathLike[str]) -> None:
     df.to_parquet(path, compression="zstd", index=df.index.name is not None)
 
 
+def read_parquet(path: str | os.PathLike[str], columns: Sequence[str] = ()) -> Any:
+    """Read a parquet table, checking the columns the caller needs.
+
+    Parameters
+    ----------
+    path
+        The parquet file.
+    columns
+        Required columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, unreadable, or lacks a required column.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise InputError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(f"{path}: column {col!r} missing")
+    return df
+
+
 def _clean(obj: Any) -> Any:
     """Turn NaN/inf into None and numpy scalars into Python ones, recursively."""
     if isinstance(obj, Mapping):

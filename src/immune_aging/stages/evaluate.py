@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from immune_aging import io, stage
 from immune_aging.analysis import evaluate
 from immune_aging.errors import InputError
@@ -29,33 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
 
 
-def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a parquet table, checking the columns this stage needs.
-
-    Parameters
-    ----------
-    path
-        The parquet file.
-    columns
-        Required columns.
-
-    Returns
-    -------
-    DataFrame
-        The table.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise InputError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(f"{path}: column {col!r} missing")
-    return df
-
-
 def body(args: argparse.Namespace, params: Any) -> None:
     """Read the truth (when there is one) and every result, and write the scores."""
     truth_path = args.raw / TRUTH_FILE
@@ -67,16 +38,18 @@ def body(args: argparse.Namespace, params: Any) -> None:
         predict_metrics = io.read_json(args.predict)
         if not isinstance(predict_metrics, dict):
             raise InputError(f"{args.predict}: expected a JSON object of cell types")
-        cells = read_table(args.cells, ("predicted_doublet",))
+        cells = io.read_parquet(args.cells, ("predicted_doublet",))
         if cells.index.name != "cell_id" and "cell_id" in cells.columns:
             cells = cells.set_index("cell_id")
         scores = evaluate.evaluate(
             truth,
-            de_results=read_table(args.de, ("cell_type", "gene_id", "log2FoldChange", "padj")),
-            gsea_results=read_table(args.gsea, ("cell_type", "term", "nes", "fdr")),
-            ora_results=read_table(args.ora, ("cell_type", "direction", "term", "padj")),
+            de_results=io.read_parquet(
+                args.de, ("cell_type", "gene_id", "log2FoldChange", "padj")
+            ),
+            gsea_results=io.read_parquet(args.gsea, ("cell_type", "term", "nes", "fdr")),
+            ora_results=io.read_parquet(args.ora, ("cell_type", "direction", "term", "padj")),
             predict_metrics=predict_metrics,
-            clusters=read_table(args.clusters, ("leiden", "cell_type")),
+            clusters=io.read_parquet(args.clusters, ("leiden", "cell_type")),
             cells=cells,
             alpha=params.alpha,
         )

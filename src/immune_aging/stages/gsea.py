@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from immune_aging import io, stage
 from immune_aging.analysis import gsea
 from immune_aging.errors import InputError
@@ -28,33 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", type=Path, required=True, help="plots folder")
 
 
-def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a parquet table, checking the columns this stage needs.
-
-    Parameters
-    ----------
-    path
-        The parquet file.
-    columns
-        Required columns.
-
-    Returns
-    -------
-    DataFrame
-        The table.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise InputError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(f"{path}: column {col!r} missing")
-    return df
-
-
 def body(args: argparse.Namespace, params: Any) -> None:
     """Rank genes by the Wald statistic and run prerank per cell type."""
     if params.min_size > params.max_size:
@@ -62,7 +33,7 @@ def body(args: argparse.Namespace, params: Any) -> None:
             f"params: gsea.min_size ({params.min_size}) is larger than gsea.max_size"
             f" ({params.max_size})"
         )
-    de_results = read_table(args.de, ("cell_type", "gene", "stat"))
+    de_results = io.read_parquet(args.de, ("cell_type", "gene", "stat"))
     sets = io.read_gmt(args.genesets)
     results, summary = gsea.gsea(
         de_results,

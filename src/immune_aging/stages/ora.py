@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from immune_aging import io, stage
 from immune_aging.analysis import ora
 from immune_aging.errors import InputError
@@ -27,33 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", type=Path, required=True, help="plots folder")
 
 
-def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a parquet table, checking the columns this stage needs.
-
-    Parameters
-    ----------
-    path
-        The parquet file.
-    columns
-        Required columns.
-
-    Returns
-    -------
-    DataFrame
-        The table.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise InputError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    for col in columns:
-        if col not in df.columns:
-            raise InputError(f"{path}: column {col!r} missing")
-    return df
-
-
 def body(args: argparse.Namespace, params: Any) -> None:
     """Test the up and down gene lists of every cell type against the gene sets."""
     if params.min_size > params.max_size:
@@ -65,7 +36,7 @@ def body(args: argparse.Namespace, params: Any) -> None:
         if not params.enrichr_libraries:
             raise InputError("params: ora.enrichr_libraries: expected at least one library name")
         ora.check_enrichr_reachable()
-    de_results = read_table(args.de, ("cell_type", "gene", "log2FoldChange", "padj"))
+    de_results = io.read_parquet(args.de, ("cell_type", "gene", "log2FoldChange", "padj"))
     if params.backend == "local":
         sets = io.read_gmt(args.genesets)
         results, summary = ora.ora(
