@@ -450,7 +450,7 @@ CASES = [
     Case(
         "counts-non-integer-unsampled",
         "filter",
-        "error: filter: data/raw/dataset.h5ad: X holds a value that is not a count (2.5): "
+        "error: filter: data/raw/dataset.h5ad: X holds non-integer values (e.g. 2.5): "
         "raw counts are required",
         setup=with_counts(fractions_outside_sample),
     ),

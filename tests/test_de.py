@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from immune_aging import io
+from immune_aging import counts, io, names
 from immune_aging.analysis import de
 from immune_aging.errors import InputError
 from immune_aging.stages import de as de_stage
@@ -174,7 +174,7 @@ def _relabel(adata):
         ),
         (
             lambda a: setattr(a, "X", a.X * 0.5),
-            "pb.h5ad: X must hold summed raw counts (non-negative integers)",
+            "pb.h5ad: X holds non-integer values (e.g. 11.5): raw counts are required",
         ),
         (
             lambda a: a.obs.__setitem__("age", "old"),
@@ -186,7 +186,7 @@ def test_validation_messages(change, message):
     adata = make_pseudobulk()
     change(adata)
     with pytest.raises(InputError) as err:
-        de.validate_pseudobulk(adata, source="pb.h5ad")
+        counts.validate_pseudobulk(adata, "pb.h5ad")
     assert str(err.value) == message
 
 
@@ -194,13 +194,13 @@ def test_duplicate_sample_is_refused():
     adata = make_pseudobulk(extra=False)
     adata.obs["donor_id"] = "D0"
     with pytest.raises(InputError) as err:
-        de.validate_pseudobulk(adata, source="pb.h5ad")
+        counts.validate_pseudobulk(adata, "pb.h5ad")
     assert str(err.value) == f"pb.h5ad: more than one sample for cell type {CT!r} and donor 'D0'"
 
 
 def test_slugs_are_safe_and_unique():
-    assert de.slug(CT) == "central_memory_cd4_positive_alpha_beta_t_cell"
-    assert de.unique_slugs(["a b", "a-b", "c"]) == {"a b": "a_b", "a-b": "a_b_2", "c": "c"}
+    assert names.slug(CT) == "central_memory_cd4_positive_alpha_beta_t_cell"
+    assert names.unique_slugs(["a b", "a-b", "c"]) == {"a b": "a_b", "a-b": "a_b_2", "c": "c"}
 
 
 # --------------------------------------------------------------------------- stage

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import tiny_params, write_params
 
 from immune_aging import io
-from immune_aging.analysis import dimred
+from immune_aging.analysis import dimred, plots
 from immune_aging.stages import dimred as stage
 
 
@@ -173,13 +173,13 @@ def test_embedding_anndata_has_no_genes():
 @pytest.mark.parametrize("legend", ["right", "on data", "none"])
 def test_plot_embedding(legend):
     coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
-    fig = dimred.plot_embedding(coords, ["a", "b", "a"], title="t", legend=legend)
+    fig = plots.plot_embedding(coords, ["a", "b", "a"], title="t", legend=legend)
     assert fig.axes[0].get_title() == "t"
 
 
 def test_category_colours_distinct():
     for n in (3, 15, 48):
-        colours = dimred.category_colours(n)
+        colours = plots.category_colours(n)
         assert colours.shape == (n, 4)
         assert len({tuple(c) for c in colours}) == n
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from immune_aging import io
-from immune_aging.analysis import gsea
+from immune_aging.analysis import gsea, plots
 from immune_aging.stages import gsea as gsea_stage
 
 GSEA_PARAMS = "gsea: {min_size: 5, max_size: 100, permutations: 100, seed: 42, fdr: 0.05}\n"
@@ -112,7 +112,7 @@ def test_no_testable_set_anywhere_gives_empty_table():
         seed=0, fdr=0.05,
     )  # fmt: skip
     assert results.empty and list(results.columns) == gsea.RESULT_COLUMNS
-    fig = gsea.dot_figure(results, fdr=0.05)
+    fig = plots.plot_dots(results, fdr=0.05)
     assert fig is not None
 
 
@@ -159,6 +159,6 @@ def test_stage_refuses_min_size_above_max_size(stage_env, capsys):
     (stage_env / "params.yaml").write_text(GSEA_PARAMS.replace("max_size: 100", "max_size: 3"))
     assert gsea_stage.main(stage_args(stage_env)) == 2
     assert (
-        "error: gsea: params: gsea.min_size (5) is larger than gsea.max_size (3)"
-        in capsys.readouterr().err
+        f"error: gsea: {stage_env / 'params.yaml'}: gsea.min_size: 5 is larger than "
+        "max_size (3)" in capsys.readouterr().err
     )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from immune_aging import io
+from immune_aging import io, provenance
 from immune_aging.errors import InputError
 
 
@@ -103,11 +103,11 @@ def test_gmt_errors(tmp_path, text, message):
 def test_provenance_has_nothing_volatile(tmp_path):
     f = tmp_path / "in.txt"
     f.write_text("x")
-    rec = io.provenance("qc", {"a": 1}, [f])
+    rec = provenance.record("qc", {"a": 1}, [f])
     assert set(rec) == {"stage", "params", "packages", "inputs"}
     assert json.loads(rec["inputs"]) == {f.as_posix(): io.sha256_file(f)}
     assert rec["packages"]["scanpy"] != "not installed"
-    assert rec == io.provenance("qc", {"a": 1}, [f])
+    assert rec == provenance.record("qc", {"a": 1}, [f])
 
 
 def test_outputs_remove_temporaries_of_a_killed_run(tmp_path):

@@ -98,7 +98,7 @@ def test_cell_type_without_significant_genes_gives_no_rows():
 def test_nothing_significant_anywhere_gives_empty_table():
     results, _ = ora.ora(de_table(n_up=0, n_down=0), SETS, padj=0.05, min_size=3, max_size=100)
     assert results.empty and list(results.columns) == ora.RESULT_COLUMNS
-    assert ora.dot_figure(results, padj=0.05) is not None
+    assert ora.plot_dots(results, padj=0.05) is not None
 
 
 def test_enrichr_offline_is_one_clear_error():

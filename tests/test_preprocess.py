@@ -13,7 +13,7 @@ from scipy import sparse
 from tests.conftest import tiny_params, write_params
 
 from immune_aging import io
-from immune_aging.analysis import preprocess
+from immune_aging.analysis import hvg, preprocess
 from immune_aging.errors import InputError
 from immune_aging.stages import preprocess as stage
 
@@ -56,7 +56,7 @@ def counts_dataset(sizes=(60, 50, 40), n_genes=200, seed=0) -> ad.AnnData:
 
 def test_hvg_matches_scanpy_batched_seurat_v3():
     adata = counts_dataset()
-    table, info = preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    table, info = hvg.highly_variable_genes(adata, n_top_genes=40, span=0.8)
     ref = sc.pp.highly_variable_genes(
         adata.copy(),
         flavor="seurat_v3",
@@ -75,7 +75,7 @@ def test_hvg_matches_scanpy_batched_seurat_v3():
 def test_hvg_skips_a_donor_too_small_for_loess():
     adata = counts_dataset(sizes=(60, 50, 1))
     before = adata.copy()
-    table, info = preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    table, info = hvg.highly_variable_genes(adata, n_top_genes=40, span=0.8)
     assert info["batches_used"] == 2
     assert list(info["batches_skipped"]) == ["d3"]
     assert "too few variable genes" in info["batches_skipped"]["d3"]
@@ -86,7 +86,7 @@ def test_hvg_skips_a_donor_too_small_for_loess():
 def test_hvg_no_batch_fits():
     adata = counts_dataset(sizes=(1, 1))
     with pytest.raises(InputError) as err:
-        preprocess.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+        hvg.highly_variable_genes(adata, n_top_genes=40, span=0.8)
     assert str(err.value) == (
         "obs column 'donor_id': no batch allows the seurat_v3 loess fit (2 batches skipped)"
     )
@@ -254,8 +254,8 @@ def test_stage_cells_table_must_match(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: preprocess: cells.parquet: cell_id does not match the cells of filtered.h5ad "
-        "(149 rows for 150 cells)"
+        "error: preprocess: cells.parquet: 1 cells of filtered.h5ad are not listed "
+        "(e.g. 'cell149'); expected one row per cell"
     )
 
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from tests.conftest import REPO, tiny_params, write_params
 
-from immune_aging import io
+from immune_aging import io, provenance
 from immune_aging.params import as_dict, load_section
 
 #: (stage, arguments) in pipeline order, as in dvc.yaml.
@@ -155,7 +155,7 @@ def test_provenance_names_stage_params_packages_and_inputs(runs, stage):
     params = json.loads(prov["params"])
     assert params == as_dict(load_section(stage, root / "params.yaml"))
     assert params == yaml.safe_load((root / "params.yaml").read_text())[stage]
-    assert prov["packages"] == io.package_versions()
+    assert prov["packages"] == provenance.package_versions()
     for name in ("anndata", "numpy", "scanpy", "h5py", "hdf5plugin"):
         assert prov["packages"][name] == metadata.version(name)
     hashes = json.loads(prov["inputs"])

@@ -7,8 +7,8 @@ import pytest
 from scipy import sparse
 from tests.conftest import tiny_params, write_params
 
-from immune_aging import io
-from immune_aging.analysis import pseudobulk
+from immune_aging import counts, io
+from immune_aging.analysis import age, pseudobulk
 from immune_aging.errors import InputError
 from immune_aging.stages import pseudobulk as stage
 
@@ -143,7 +143,7 @@ def test_filter_samples_keeps_one_type_drops_other():
 def test_donor_table_parses_ages():
     adata = cells_adata()
     obs_before = adata.obs.copy()
-    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=85.0)
+    donors = age.donor_table(adata.obs, age_80_and_over=85.0)
     assert list(donors.index) == ["D1", "D2", "D3"]
     assert donors.index.name == "donor_id"
     assert list(donors.columns) == ["sex", "development_stage", "age", "age_form"]
@@ -155,7 +155,7 @@ def test_donor_table_parses_ages():
 def test_donor_table_uses_numeric_age_column():
     obs = cells_adata().obs.copy()
     obs["age"] = obs["donor_id"].map({"D1": 30.0, "D2": 40.0, "D3": 50.0}).astype(float)
-    donors = pseudobulk.donor_table(obs, age_80_and_over=80.0)
+    donors = age.donor_table(obs, age_80_and_over=80.0)
     assert donors["age"].tolist() == [30.0, 40.0, 50.0]
     assert set(donors["age_form"]) == {"age_column"}
 
@@ -165,7 +165,7 @@ def test_donor_table_refuses_two_sexes_for_one_donor():
     obs["sex"] = obs["sex"].astype(object)
     obs.iloc[1, obs.columns.get_loc("sex")] = "female"
     with pytest.raises(InputError) as err:
-        pseudobulk.donor_table(obs, age_80_and_over=80.0)
+        age.donor_table(obs, age_80_and_over=80.0)
     assert str(err.value) == (
         "obs column 'sex': donor 'D1' has 2 different values; expected one per donor"
     )
@@ -177,12 +177,12 @@ def test_donor_table_refuses_an_unreadable_age():
         {"unknown": "63 yrs"}
     )
     with pytest.raises(InputError, match="development_stage '63 yrs': cannot read an age"):
-        pseudobulk.donor_table(obs, age_80_and_over=80.0)
+        age.donor_table(obs, age_80_and_over=80.0)
 
 
 def test_make_pseudobulk_carries_donor_metadata():
     adata = cells_adata()
-    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=80.0)
+    donors = age.donor_table(adata.obs, age_80_and_over=80.0)
     pb, report = pseudobulk.make_pseudobulk(
         [pseudobulk.sum_counts(adata)], donors, min_cells=2, min_samples_per_cell_type=2
     )
@@ -212,7 +212,7 @@ def test_finalize_counts_keeps_float64_for_huge_sums():
 
 def test_summary_and_plots():
     adata = cells_adata()
-    donors = pseudobulk.donor_table(adata.obs, age_80_and_over=80.0)
+    donors = age.donor_table(adata.obs, age_80_and_over=80.0)
     pb, report = pseudobulk.make_pseudobulk(
         [pseudobulk.sum_counts(adata)], donors, min_cells=1, min_samples_per_cell_type=3
     )
@@ -304,7 +304,7 @@ def test_stage_blocks_give_the_same_sums(tmp_path, monkeypatch):
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 0
     whole = io.read_h5ad(out / "pseudobulk.h5ad")
-    monkeypatch.setattr(stage, "BLOCK_CELLS", 2)
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 4)  # a few cells per block
     assert run_stage(tmp_path, monkeypatch)[0] == 0
     blocks = io.read_h5ad(out / "pseudobulk.h5ad")
     np.testing.assert_array_equal(blocks.X, whole.X)
@@ -327,7 +327,7 @@ def test_stage_cells_missing_from_qc_table(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert last_error(capsys) == (
         "error: pseudobulk: cells.parquet: 2 cells of filtered.h5ad are not listed "
-        "(e.g. 'cell7'); expected one row per filtered cell"
+        "(e.g. 'cell7'); expected one row per cell"
     )
     assert not out.exists()
 
@@ -351,7 +351,7 @@ def test_stage_keep_not_boolean(tmp_path, monkeypatch, capsys):
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: cells.parquet: column 'keep' must be boolean, found int64"
+        "error: pseudobulk: cells.parquet: column 'keep' must be boolean, got int64"
     )
 
 
@@ -439,8 +439,8 @@ def test_stage_refuses_normalised_values(tmp_path, monkeypatch, capsys):
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: filtered.h5ad: X holds a value that is not a count "
-        "(0.5); expected raw counts"
+        "error: pseudobulk: filtered.h5ad: X holds non-integer values (e.g. 0.5): "
+        "raw counts are required"
     )
     assert not out.exists()
 

@@ -13,7 +13,7 @@ from scipy import sparse
 from tests.conftest import tiny_params, write_params
 
 from immune_aging import io
-from immune_aging.analysis import qc
+from immune_aging.analysis import doublets, plots, qc
 from immune_aging.errors import InputError
 from immune_aging.stages import qc as stage
 
@@ -187,18 +187,18 @@ def test_fixed_limits_must_be_ordered():
 def test_doublet_threshold_between_two_modes():
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(0.1, 0.02, 1000), rng.normal(0.6, 0.05, 400)]
-    t = qc.doublet_threshold(scores)
+    t = doublets.doublet_threshold(scores)
     assert 0.2 < t < 0.5
     unimodal = np.repeat(np.arange(10) + 0.5, [1, 2, 3, 4, 5, 4, 3, 2, 1, 1])
-    assert np.isnan(qc.doublet_threshold(unimodal, nbins=10))
-    assert np.isnan(qc.doublet_threshold(np.full(10, 0.3)))
-    assert np.isnan(qc.doublet_threshold(np.array([])))
+    assert np.isnan(doublets.doublet_threshold(unimodal, nbins=10))
+    assert np.isnan(doublets.doublet_threshold(np.full(10, 0.3)))
+    assert np.isnan(doublets.doublet_threshold(np.array([])))
 
 
 def test_doublet_threshold_matches_skimage_minimum_method():
     # two peaks (values 2.5 and 7.5); after one 3-bin smoothing the valley is at 5.5
     values = np.repeat(np.arange(10) + 0.5, [1, 5, 9, 5, 2, 1, 3, 8, 4, 1])
-    t = qc.doublet_threshold(values, nbins=10)
+    t = doublets.doublet_threshold(values, nbins=10)
     assert abs(t - 5.5) < 0.9  # within one bin of the valley
 
 
@@ -207,7 +207,7 @@ def test_scrublet_per_group_and_small_group_not_scored():
     before = adata.copy()
     eligible = np.ones(adata.n_obs, dtype=bool)
     eligible[5] = False  # a cell failing a threshold rule is not scored
-    cells, groups = qc.detect_doublets(
+    cells, groups = doublets.detect_doublets(
         adata,
         groups=adata.obs["donor_id"],
         eligible=eligible,
@@ -232,18 +232,11 @@ def test_scrublet_per_group_and_small_group_not_scored():
     assert (adata.X != before.X).nnz == 0 and adata.obs.equals(before.obs)
 
 
-def test_parallel_map_keeps_order():
-    # every group runs on one thread whichever process runs it, so results match
-    # the serial ones (checked on the default dataset: identical cells.parquet)
-    jobs = [[1] * n for n in (3, 1, 2, 5)]
-    assert qc._map_jobs(len, jobs, 2) == qc._map_jobs(len, jobs, 1) == [3, 1, 2, 5]
-
-
 def test_scrublet_failure_marks_the_group_not_scored():
     # 100 cells but only 20 genes: fewer variable genes than Scrublet's 30 components
     X = two_type_counts(100, n_genes=20)
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(100)]))
-    cells, groups = qc.detect_doublets(
+    cells, groups = doublets.detect_doublets(
         adata,
         groups=pd.Series(["g"] * 100),
         eligible=np.ones(100, dtype=bool),
@@ -270,7 +263,7 @@ def test_qc_table_keep_and_summary():
     groups = pd.DataFrame(
         {"group": ["g", "h"], "n_cells": [3, 7], "scored": [True, False], "threshold": [0.5, None]}
     )
-    summary = qc.qc_summary(table, groups, limits)
+    summary = qc.summary(table, groups, limits, thresholds="fixed", group_key="donor_id")
     assert summary["cells_in"] == 3
     assert summary["cells_kept"] == 1
     assert summary["cells_failing"]["min_counts"] == 1
@@ -282,9 +275,9 @@ def test_qc_table_keep_and_summary():
 
 
 def test_histogram_table():
-    hist = qc.histogram_table([0.0, 1.0, 1.0, np.nan], bins=2)
+    hist = plots.histogram_table([0.0, 1.0, 1.0, np.nan], bins=2)
     assert hist["n_cells"].tolist() == [1, 2]
-    assert qc.histogram_table([], bins=3).empty
+    assert plots.histogram_table([], bins=3).empty
 
 
 # --------------------------------------------------------------------------- stage
@@ -354,7 +347,7 @@ def test_stage_missing_pool_column(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: qc: filtered.h5ad: obs column 'lane' (qc.pool_key) missing"
+        "error: qc: filtered.h5ad: obs column 'lane' missing (qc.pool_key)"
     )
 
 

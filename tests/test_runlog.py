@@ -41,7 +41,7 @@ def test_harness_turns_input_error_into_one_line(tmp_path, monkeypatch, capsys):
     def body(args, p):
         raise InputError("data/x.h5ad: obs column 'donor_id' missing")
 
-    main = stage.main_for("cluster", "test", lambda p: None, body)
+    main = stage.main_for("cluster", "test", {}, body)
     assert main(["--params", str(params)]) == stage.EXIT_INPUT_ERROR
     err = capsys.readouterr().err
     assert "error: cluster: data/x.h5ad: obs column 'donor_id' missing" in err
@@ -54,7 +54,7 @@ def test_harness_reports_params_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(runlog.LOG_DIR_ENV, str(tmp_path / "logs"))
     params = tmp_path / "params.yaml"
     params.write_text("cluster: {resolution: -1, n_iterations: 2, seed: 0}\n")
-    main = stage.main_for("cluster", "test", lambda p: None, lambda a, p: None)
+    main = stage.main_for("cluster", "test", {}, lambda a, p: None)
     assert main(["--params", str(params)]) == 2
     assert "cluster.resolution: expected a number > 0.0, got -1" in capsys.readouterr().err
 
@@ -64,7 +64,7 @@ def test_harness_success_logs_record(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text("cluster: {resolution: 1.0, n_iterations: 2, seed: 0}\n")
     seen = {}
-    main = stage.main_for("cluster", "test", lambda p: None, lambda a, p: seen.update(p=p))
+    main = stage.main_for("cluster", "test", {}, lambda a, p: seen.update(p=p))
     assert main(["--params", str(params)]) == 0
     assert seen["p"].resolution == 1.0
     record = json.loads((tmp_path / "logs" / "runs.jsonl").read_text())

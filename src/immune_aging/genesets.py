@@ -312,3 +312,41 @@ def merge(libraries: Sequence[Library]) -> tuple[dict[str, list[str]], dict[str,
             sets[key] = list(genes)
             descriptions[key] = lib.label
     return sets, descriptions, renamed
+
+
+def _sizes(sets: dict[str, list[str]]) -> dict[str, int | None]:
+    sizes = [len(g) for g in sets.values()]
+    return {
+        "n_sets": len(sizes),
+        "min_size": min(sizes) if sizes else None,
+        "max_size": max(sizes) if sizes else None,
+    }
+
+
+def summary(
+    libraries: Sequence[Library], sets: dict[str, list[str]], renamed: int
+) -> dict[str, object]:
+    """Summarise the resolved libraries for ``metrics/genesets.json``.
+
+    Parameters
+    ----------
+    libraries
+        Output of :func:`resolve_sources`.
+    sets, renamed
+        The merged sets and the number of renamed clashes (:func:`merge`).
+
+    Returns
+    -------
+    dict
+        Per source its kind, path and set sizes; the merged library's sizes,
+        distinct genes and renamed sets.
+    """
+    return {
+        "sources": {
+            lib.source: {"kind": lib.kind, "path": lib.path.as_posix(), **_sizes(lib.sets)}
+            for lib in libraries
+        },
+        **_sizes(sets),
+        "n_genes": len({g for genes in sets.values() for g in genes}),
+        "n_renamed": renamed,
+    }

@@ -9,14 +9,12 @@ h5ad (zstd-compressed through hdf5plugin), parquet, JSON, CSV, GMT and PNG.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from importlib import metadata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +220,23 @@ def read_parquet(path: str | os.PathLike[str], columns: Sequence[str] = ()) -> A
     return df
 
 
-def _clean(obj: Any) -> Any:
-    """Turn NaN/inf into None and numpy scalars into Python ones, recursively."""
+def plain(obj: Any) -> Any:
+    """Return ``obj`` as plain JSON values: NaN/inf as None, numpy scalars as Python ones.
+
+    Parameters
+    ----------
+    obj
+        Mappings, lists, tuples and scalars, nested.
+
+    Returns
+    -------
+    Any
+        The same structure with plain values (mapping keys as strings).
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [plain(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, str | bytes):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -245,7 +254,7 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     path
         Destination.
     """
-    text = json.dumps(_clean(obj), indent=2, sort_keys=True, allow_nan=False)
+    text = json.dumps(plain(obj), indent=2, sort_keys=True, allow_nan=False)
     Path(path).write_text(text + "\n")
 
 
@@ -353,27 +362,21 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> No
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- provenance
+def save_figures(figures: Mapping[str, Any], folder: str | os.PathLike[str]) -> None:
+    """Save figures as PNG files in ``folder`` (see :func:`save_figure`).
 
-#: Packages whose versions are recorded in every output's provenance.
-PROVENANCE_PACKAGES = (
-    "immune-aging",
-    "anndata",
-    "scanpy",
-    "numpy",
-    "scipy",
-    "pandas",
-    "scikit-learn",
-    "harmonypy",
-    "umap-learn",
-    "pynndescent",
-    "leidenalg",
-    "igraph",
-    "pydeseq2",
-    "gseapy",
-    "h5py",
-    "hdf5plugin",
-)
+    Parameters
+    ----------
+    figures
+        File name (``"umap.png"``) to figure.
+    folder
+        Destination folder (normally a temporary from :class:`Outputs`).
+    """
+    for name, fig in figures.items():
+        save_figure(fig, Path(folder) / name)
+
+
+# --------------------------------------------------------------------------- hashing
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
@@ -396,74 +399,3 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def package_versions(names: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str, str]:
-    """Return installed versions of ``names`` (``"not installed"`` when absent).
-
-    Parameters
-    ----------
-    names
-        Distribution names.
-
-    Returns
-    -------
-    dict
-        Name to version string.
-    """
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def provenance(
-    stage: str, params: Mapping[str, Any], inputs: Sequence[str | os.PathLike[str]]
-) -> dict[str, Any]:
-    """Build the provenance record stored in an output's ``uns['provenance']``.
-
-    Holds nothing volatile (no time, host or git revision) so that reruns stay
-    byte-identical.
-
-    Parameters
-    ----------
-    stage
-        Stage name.
-    params
-        The parameters the stage used (plain dict).
-    inputs
-        Input files; folders are hashed file by file.
-
-    Returns
-    -------
-    dict
-        ``{"stage", "params" (JSON text), "packages", "inputs" (JSON text: path to
-        SHA-256)}``.
-    """
-    hashes: dict[str, str] = {}
-    for item in inputs:
-        p = Path(item)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            hashes[f.as_posix()] = sha256_file(f)
-    return {
-        "stage": stage,
-        "params": json.dumps(_clean(dict(params)), sort_keys=True),
-        "packages": package_versions(),
-        # file paths are not valid h5ad keys ('/' is a group separator): JSON text
-        "inputs": json.dumps(hashes, sort_keys=True),
-    }
-
-
-@contextlib.contextmanager
-def chdir(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Temporarily change the working directory (tests and tools)."""
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)

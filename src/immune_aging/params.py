@@ -8,7 +8,8 @@ known. A misspelt key, a wrong type or an out-of-range value raises
     params.yaml: qc.max_genes: expected an integer >= 1, got 'many'
 
 Constraints live in field metadata: ``ge``/``gt``/``le``/``lt`` bounds and
-``choices``. Types: ``bool``, ``int``, ``float`` (an integer is accepted),
+``choices``; a constraint across keys is a ``problem()`` method of the section.
+Types: ``bool``, ``int``, ``float`` (an integer is accepted),
 ``str``, ``X | None``, ``list[X]``, ``Literal[...]`` and nested dataclasses.
 """
 
@@ -148,6 +149,13 @@ class GenesetsParams:
     sources: list[str]
 
 
+def _size_bounds(params: Any) -> tuple[str, str] | None:
+    """Return the fault of a gene-set size window whose minimum exceeds its maximum."""
+    if params.min_size > params.max_size:
+        return "min_size", f"{params.min_size} is larger than max_size ({params.max_size})"
+    return None
+
+
 @dataclass(frozen=True)
 class GseaParams:
     """Preranked GSEA on the DE Wald statistic (``gsea``)."""
@@ -157,6 +165,10 @@ class GseaParams:
     permutations: int = _f(ge=10)
     seed: int = _f(ge=0)
     fdr: float = _f(gt=0.0, le=1.0)
+
+    def problem(self) -> tuple[str, str] | None:
+        """Return ``(key, what is wrong)`` across keys, or None."""
+        return _size_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,12 @@ class OraParams:
     max_size: int = _f(ge=1)
     backend: Literal["local", "enrichr"]
     enrichr_libraries: list[str]
+
+    def problem(self) -> tuple[str, str] | None:
+        """Return ``(key, what is wrong)`` across keys, or None."""
+        if self.backend == "enrichr" and not self.enrichr_libraries:
+            return "enrichr_libraries", "expected at least one library name with backend enrichr"
+        return _size_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -354,7 +372,11 @@ def _build(cls: type[T], raw: Any, where: str) -> T:
         if fname not in raw:
             raise ParamsError(f"{where}.{fname}: missing key")
         values[fname] = _check(hints[fname], raw[fname], f"{where}.{fname}", fdef.metadata)
-    return cls(**values)
+    obj = cls(**values)
+    problem = obj.problem() if hasattr(obj, "problem") else None
+    if problem is not None:
+        raise ParamsError(f"{where}.{problem[0]}: {problem[1]}")
+    return obj
 
 
 def _show(value: Any) -> str:

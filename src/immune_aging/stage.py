@@ -9,11 +9,14 @@ traceback, nothing written), and appends a timing record to the run log
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,9 @@ def run_stage(
     t0 = time.perf_counter()
     status = "ok"
     try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # figures are files; never open a window
         params = load_section(stage, args.params)
         body(args, params)
         return 0
@@ -116,22 +122,66 @@ def run_stage(
             log.info("done in %.1f s, peak memory %.0f MiB", duration, peak_memory_mb())
 
 
+@dataclass(frozen=True)
+class Many:
+    """A path option taking one or more paths (``nargs='+'``, or ``'*'`` when optional).
+
+    Parameters
+    ----------
+    help
+        One line for ``--help``.
+    optional
+        Accept zero paths.
+    """
+
+    help: str
+    optional: bool = False
+
+
+#: A stage's path options: option name (without ``--``) to its help text, or :class:`Many`.
+Paths = Mapping[str, "str | Many"]
+
+
+def add_paths(p: argparse.ArgumentParser, paths: Paths) -> None:
+    """Add a stage's path options to its parser.
+
+    Parameters
+    ----------
+    p
+        The parser from :func:`parser`.
+    paths
+        Option name to help text (a required path) or :class:`Many`.
+    """
+    for name, spec in paths.items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(spec, Many):
+            nargs = "*" if spec.optional else "+"
+            p.add_argument(flag, type=Path, nargs=nargs, default=[], help=spec.help)
+        else:
+            p.add_argument(flag, type=Path, required=True, help=spec)
+
+
 def main_for(
     stage: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
+    doc: str | None,
+    paths: Paths,
     body: Callable[[argparse.Namespace, Any], None],
 ) -> Callable[[Sequence[str] | None], int]:
     """Build the ``main(argv)`` of a stage module.
+
+    Every stage module has the same shape: a ``NAME`` equal to its params section,
+    a ``PATHS`` mapping of its path options (all given by ``dvc.yaml``), and a
+    ``body(args, params)`` that reads, calls analysis and writes through
+    :class:`immune_aging.io.Outputs`.
 
     Parameters
     ----------
     stage
         Stage name.
-    description
-        One line for ``--help``.
-    add_arguments
-        Adds the stage's path options to the parser.
+    doc
+        The module docstring; its first line is the ``--help`` description.
+    paths
+        The stage's path options, see :func:`add_paths`.
     body
         The work, see :func:`run_stage`.
 
@@ -140,10 +190,88 @@ def main_for(
     callable
         ``main(argv=None) -> int``.
     """
+    description = (doc or stage).strip().splitlines()[0]
 
     def main(argv: Sequence[str] | None = None) -> int:
         p = parser(stage, description)
-        add_arguments(p)
+        add_paths(p, paths)
         return run_stage(stage, body, p, argv)
 
     return main
+
+
+# --------------------------------------------------------------------------- input checks
+
+_KINDS = {
+    "obs": ("obs column", lambda a: a.obs.columns),
+    "var": ("var column", lambda a: a.var.columns),
+    "obsm": ("obsm", lambda a: a.obsm),
+    "obsp": ("obsp", lambda a: a.obsp),
+    "uns": ("uns", lambda a: a.uns),
+    "columns": ("column", lambda a: a.columns),
+}
+
+
+def require(
+    data: Any,
+    path: str | os.PathLike[str],
+    *,
+    hint: str = "",
+    notna: Sequence[str] = (),
+    **needed: Sequence[str],
+) -> None:
+    """Check that an input holds what a stage reads; raise one line naming the first gap.
+
+    Parameters
+    ----------
+    data
+        An AnnData (keywords ``obs``, ``var``, ``obsm``, ``obsp``, ``uns``) or a
+        DataFrame (keyword ``columns``).
+    path
+        The file it came from, named in the message.
+    hint
+        Appended to the message, e.g. ``" (expected the dimred stage's graph)"``.
+    notna
+        ``obs`` columns (AnnData) or columns (DataFrame) that must have no missing value.
+    **needed
+        Kind to the names that must be present.
+
+    Raises
+    ------
+    InputError
+        ``<path>: obs column 'donor_id' missing<hint>`` and the like, or
+        ``<path>: obs column 'donor_id' has missing values``.
+
+    Examples
+    --------
+    >>> require(adata, "pca.h5ad", obs=["donor_id"], obsm=["X_pca"])  # doctest: +SKIP
+    """
+    for kind, names in needed.items():
+        label, members = _KINDS[kind]
+        present = members(data)
+        for name in names:
+            if name not in present:
+                raise InputError(f"{path}: {label} {name!r} missing{hint}")
+    table = data.obs if hasattr(data, "obs") else data
+    label = "obs column" if hasattr(data, "obs") else "column"
+    for name in notna:
+        if table[name].isna().any():
+            raise InputError(f"{path}: {label} {name!r} has missing values")
+
+
+@contextlib.contextmanager
+def about(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Name ``path`` in the message of an :class:`InputError` raised inside the block.
+
+    Analysis functions check their inputs without knowing where they came from;
+    the stage says which file the fault is in.
+
+    Parameters
+    ----------
+    path
+        The input file the block reads.
+    """
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None

@@ -218,23 +218,10 @@ def _count_problem(matrix: Any, n_rows: int) -> str | None:
 
 
 def _block_problem(block: Any) -> tuple[str | None, bool]:
+    from immune_aging.counts import count_problem
+
     values = _values(block)
-    if values.size == 0:
-        return None, False
-    if values.dtype.kind in "iu":
-        neg = values[values < 0]
-        if neg.size:
-            return f"negative values (e.g. {neg[0]:g})", True
-        return None, bool((values != 0).any())
-    if values.dtype.kind != "f":
-        return f"values of type {values.dtype}", False
-    bad = values[~np.isfinite(values)]
-    if bad.size:
-        return f"non-finite values (e.g. {bad[0]:g})", True
-    frac = values[values != np.floor(values)]
-    if frac.size:
-        return f"non-integer values (e.g. {frac[0]:.4g})", True
-    neg = values[values < 0]
-    if neg.size:
-        return f"negative values (e.g. {neg[0]:g})", True
-    return None, bool((values != 0).any())
+    problem = count_problem(values)
+    if problem is not None:
+        return problem, True
+    return None, bool(values.size and (values != 0).any())

@@ -1,4 +1,4 @@
-"""Donor age in years from CELLxGENE ``development_stage`` labels.
+"""Donor age in years from CELLxGENE ``development_stage`` labels, and the donor table.
 
 CELLxGENE stores a donor's age as a HsapDv developmental-stage label. The forms
 read here (case, surrounding spaces and the word ``human`` are ignored), with the
@@ -348,3 +348,77 @@ def _middle(low: float, high: float, step: float, stage: object) -> float:
 
 def _range_error(stage: object) -> str:
     return f"development_stage {str(stage)!r}: age range ends before it starts"
+
+
+#: Donor-level columns carried onto every pseudobulk sample.
+DONOR_COLUMNS = ("sex", "development_stage")
+
+
+def donor_table(
+    obs: pd.DataFrame, *, donor_key: str = "donor_id", age_80_and_over: float, source: str = ""
+) -> pd.DataFrame:
+    """Return one row per donor: ``sex``, ``development_stage``, ``age`` and ``age_form``.
+
+    Parameters
+    ----------
+    obs
+        Cell table with ``donor_key``, ``sex`` and ``development_stage`` (or a
+        numeric ``age``) columns.
+    donor_key
+        Donor column.
+    age_80_and_over
+        Age in years given to ``80 year-old and over`` donors
+        (see :mod:`immune_aging.analysis.age`).
+    source
+        The file ``obs`` came from: when given, messages name it, and a table
+        without any donor of known age is refused (the de and predict stages need
+        ages).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by donor id (sorted, strings); ``age`` in years, NaN when unknown.
+
+    Raises
+    ------
+    InputError
+        If a donor has more than one value of a donor-level column, or an age
+        label cannot be read.
+    """
+    try:
+        donors = _donor_table(obs, donor_key=donor_key, age_80_and_over=age_80_and_over)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}" if source else str(exc)) from None
+    if source and donors["age"].isna().all():
+        column = "age" if "age" in obs.columns else "development_stage"
+        raise InputError(
+            f"{source}: obs column {column!r} gives no donor a known age (all "
+            f"{len(donors)} donors unknown); the de and predict stages need donor ages"
+        )
+    return donors
+
+
+def _donor_table(obs: pd.DataFrame, *, donor_key: str, age_80_and_over: float) -> pd.DataFrame:
+    columns = [c for c in (*DONOR_COLUMNS, "age") if c in obs.columns]
+    table = obs[[donor_key, *columns]].copy()
+    table[donor_key] = table[donor_key].astype(str)
+    for col in columns:
+        if isinstance(table[col].dtype, pd.CategoricalDtype):
+            table[col] = table[col].astype(object)
+        counts = table.groupby(donor_key, sort=True)[col].nunique(dropna=False)
+        if (counts > 1).any():
+            donor = counts.index[counts > 1][0]
+            raise InputError(
+                f"obs column {col!r}: donor {donor!r} has {counts[donor]} different values; "
+                "expected one per donor"
+            )
+    donors = table.drop_duplicates(donor_key).set_index(donor_key).sort_index()
+    donors.index.name = "donor_id"
+    ages = age_table(donors, age_80_and_over=age_80_and_over)
+    donors["age"] = ages["age"].astype(np.float64)
+    donors["age_form"] = ages["form"].astype(str)
+    for col in DONOR_COLUMNS:
+        if col not in donors.columns:
+            donors[col] = "unknown"
+        donors[col] = donors[col].astype(str)
+    return donors[[*DONOR_COLUMNS, "age", "age_form"]]

@@ -150,6 +150,79 @@ def agreement(clusters: pd.Series, cell_types: pd.Series) -> dict[str, Any]:
     }
 
 
+def cluster_table(labels: pd.Series, cell_ids: pd.Index, cell_types: pd.Series) -> pd.DataFrame:
+    """Return one row per cell: ``cell_id``, ``leiden`` and ``cell_type``.
+
+    Parameters
+    ----------
+    labels
+        Cluster of each cell (:func:`leiden`).
+    cell_ids
+        The cells' names.
+    cell_types
+        The annotated cell type of each cell.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table written to ``clusters.parquet``.
+    """
+    return pd.DataFrame(
+        {
+            "cell_id": cell_ids.astype(str).to_numpy(),
+            "leiden": labels.array,
+            "cell_type": pd.Categorical(cell_types.astype(str)),
+        }
+    )
+
+
+def figures(
+    coords: np.ndarray,
+    labels: pd.Series,
+    table: pd.DataFrame,
+    metrics: dict,
+    *,
+    resolution: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Draw the UMAP coloured by cluster and the cluster x cell-type heatmap.
+
+    Parameters
+    ----------
+    coords
+        The UMAP coordinates.
+    labels
+        Cluster of each cell.
+    table
+        Output of :func:`contingency`.
+    metrics
+        Output of :func:`agreement`.
+    resolution
+        The Leiden resolution (in the title).
+    seed
+        Seed of the drawing order.
+
+    Returns
+    -------
+    dict
+        PNG file name to figure.
+    """
+    from immune_aging.analysis.plots import plot_embedding
+
+    return {
+        "umap_leiden.png": plot_embedding(
+            coords,
+            labels.to_numpy(),
+            title=f"UMAP by Leiden cluster (resolution {resolution:g})",
+            legend="on data",
+            seed=seed,
+        ),
+        "contingency.png": plot_contingency(
+            table, title=f"Leiden clusters vs cell types (ARI {metrics['ari']:.2f})"
+        ),
+    }
+
+
 def plot_contingency(table: pd.DataFrame, *, title: str) -> Any:
     """Heatmap of a cluster x cell-type table, coloured by each cluster's shares.
 
@@ -166,10 +239,7 @@ def plot_contingency(table: pd.DataFrame, *, title: str) -> Any:
         The figure (not saved); cells are annotated with counts when the table
         is small enough to read.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     # cell types ordered by the cluster holding most of them: a diagonal when they agree
     order = np.argsort(np.argmax(table.to_numpy(), axis=0), kind="stable")
@@ -177,7 +247,8 @@ def plot_contingency(table: pd.DataFrame, *, title: str) -> Any:
     counts = table.to_numpy()
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n_rows, n_cols = counts.shape
-    fig, ax = plt.subplots(figsize=(3.5 + 0.8 * n_cols, 3.0 + 0.4 * n_rows))
+    fig = Figure(figsize=(3.5 + 0.8 * n_cols, 3.0 + 0.4 * n_rows))
+    ax = fig.subplots()
     image = ax.imshow(shares, aspect="auto", cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(np.arange(n_cols))
     ax.set_xticklabels(list(table.columns), rotation=45, ha="right", fontsize=8)

@@ -18,18 +18,16 @@ donors share one sex the design falls back to ``~ age_scaled``.
 from __future__ import annotations
 
 import logging
-import re
-import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from immune_aging.errors import InputError
+from immune_aging.analysis import deseq
+from immune_aging.executor import map_ordered
+from immune_aging.names import unique_slugs
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,6 @@ RESULT_COLUMNS = [
     "padj",
     "log2fc_per_decade",
 ]
-#: obs columns the pseudobulk input must carry.
-REQUIRED_OBS = ("cell_type", "donor_id", "sex", "age")
 
 
 @dataclass
@@ -107,41 +103,6 @@ class CellTypeSummary:
             "design": self.design,
             "skipped": self.skipped,
         }
-
-
-def validate_pseudobulk(adata: Any, *, source: str = "pseudobulk") -> None:
-    """Check that a pseudobulk AnnData has what differential expression needs.
-
-    Parameters
-    ----------
-    adata
-        Pseudobulk samples: obs ``cell_type, donor_id, sex, age``, var
-        ``feature_name``, ``X`` summed raw counts.
-    source
-        Name used in error messages (the file path).
-
-    Raises
-    ------
-    InputError
-        Naming the missing column, the non-numeric age, duplicated samples or
-        non-count values in ``X``.
-    """
-    for col in REQUIRED_OBS:
-        if col not in adata.obs.columns:
-            raise InputError(f"{source}: obs column {col!r} missing")
-    if "feature_name" not in adata.var.columns:
-        raise InputError(f"{source}: var column 'feature_name' missing")
-    if not pd.api.types.is_numeric_dtype(adata.obs["age"]):
-        raise InputError(f"{source}: obs column 'age' must be numeric years (NaN when unknown)")
-    pairs = adata.obs[["cell_type", "donor_id"]].astype(str)
-    if pairs.duplicated().any():
-        ct, donor = pairs[pairs.duplicated()].iloc[0]
-        raise InputError(
-            f"{source}: more than one sample for cell type {ct!r} and donor {donor!r}"
-        )
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if values.size and (np.nanmin(values) < 0 or not np.all(np.mod(values, 1) == 0)):
-        raise InputError(f"{source}: X must hold summed raw counts (non-negative integers)")
 
 
 def _dense(x: Any) -> np.ndarray:
@@ -221,71 +182,6 @@ def prepare_cell_type(
     return counts, metadata, summary
 
 
-def age_wald_test(
-    counts: pd.DataFrame, metadata: pd.DataFrame, *, design: str, alpha: float
-) -> tuple[pd.DataFrame, list[str]]:
-    """Fit PyDESeq2 and run the Wald test on the ``age_scaled`` coefficient.
-
-    Parameters
-    ----------
-    counts
-        Samples x genes non-negative integer counts.
-    metadata
-        Per sample: ``age_scaled`` (numeric) and, when in the design, ``sex``.
-    design
-        Formula, ``"~age_scaled + sex"`` or ``"~age_scaled"``.
-    alpha
-        Significance level used by DESeq2's independent filtering.
-
-    Returns
-    -------
-    results : DataFrame
-        Index gene IDs; ``baseMean, log2FoldChange, lfcSE, stat, pvalue, padj``;
-        ``log2FoldChange`` is per unit of ``age_scaled``.
-    warnings : list of str
-        Distinct warning messages PyDESeq2 raised (already logged).
-    """
-    from pydeseq2.dds import DeseqDataSet
-    from pydeseq2.ds import DeseqStats
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dds = DeseqDataSet(
-            counts=counts.copy(),
-            metadata=metadata.copy(),
-            design=design,
-            refit_cooks=True,
-            n_cpus=1,
-            quiet=True,
-        )
-        dds.deseq2()
-        columns = list(dds.varm["LFC"].columns)
-        if "age_scaled" not in columns:  # pragma: no cover - formulaic naming changed
-            raise RuntimeError(f"no age_scaled coefficient among {columns}")
-        contrast = np.array([1.0 if c == "age_scaled" else 0.0 for c in columns])
-        stats = DeseqStats(dds, contrast=contrast, alpha=alpha, quiet=True, n_cpus=1)
-        stats.summary()
-    messages = list(dict.fromkeys(str(w.message).splitlines()[0] for w in caught))
-    res = stats.results_df[["baseMean", "log2FoldChange", "lfcSE", "stat", "pvalue", "padj"]]
-    return res.astype(np.float64), messages
-
-
-def _run_one(
-    counts: pd.DataFrame, metadata: pd.DataFrame, design: str, alpha: float
-) -> tuple[pd.DataFrame, list[str]]:
-    """Worker: one cell type, single-threaded BLAS.
-
-    PyDESeq2 fits thousands of tiny per-gene models, which multi-threaded BLAS
-    only slows down. The limit applies to libraries already loaded, so PyDESeq2
-    (which loads SciPy's BLAS) is imported first.
-    """
-    from pydeseq2 import dds, ds  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        return age_wald_test(counts, metadata, design=design, alpha=alpha)
-
-
 def differential_expression(
     adata: Any,
     *,
@@ -299,7 +195,8 @@ def differential_expression(
     Parameters
     ----------
     adata
-        Pseudobulk samples (see :func:`validate_pseudobulk`); not modified.
+        Pseudobulk samples (see :func:`immune_aging.counts.validate_pseudobulk`); not
+        modified.
     alpha
         BH-adjusted p-value below which a gene counts as up or down.
     min_total_count
@@ -334,11 +231,7 @@ def differential_expression(
     symbols = pd.Series(adata.var["feature_name"].astype(str).to_numpy(), index=adata.var_names)
     args = [(c, m, s.design, alpha) for c, m, s in jobs]
     workers = max(1, min(n_jobs, len(jobs)))
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            fitted = list(pool.map(_run_one, *zip(*args, strict=True)))
-    else:
-        fitted = [_run_one(*a) for a in args]
+    fitted = map_ordered(deseq.run_one, args, workers, label="cell types fitted")
     tables = []
     for (_, _, summary), (res, messages) in zip(jobs, fitted, strict=True):
         for msg in messages:
@@ -383,50 +276,85 @@ def empty_results() -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def slug(label: str) -> str:
-    """Return a file-name-safe version of a cell type label.
+def summary(
+    results: pd.DataFrame, summaries: list[CellTypeSummary], *, alpha: float
+) -> dict[str, Any]:
+    """Summarise the tests for ``metrics/de.json``.
 
     Parameters
     ----------
-    label
-        E.g. ``"central memory CD4-positive, alpha-beta T cell"``.
-
-    Returns
-    -------
-    str
-        Lower case, runs of other characters replaced by ``_``
-        (``"central_memory_cd4_positive_alpha_beta_t_cell"``).
-    """
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "cell_type"
-
-
-def unique_slugs(labels: list[str]) -> dict[str, str]:
-    """Map labels to distinct file-name-safe slugs (a numeric suffix on a clash).
-
-    Parameters
-    ----------
-    labels
-        Distinct labels.
+    results, summaries
+        Output of :func:`differential_expression`.
+    alpha
+        The significance cut used.
 
     Returns
     -------
     dict
-        Label to slug.
+        ``alpha``, per cell type its summary, counts of cell types tested and
+        skipped, of tests, and of genes up and down.
     """
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    for label in labels:
-        base = candidate = slug(label)
-        i = 2
-        while candidate in used:
-            candidate = f"{base}_{i}"
-            i += 1
-        used.add(candidate)
-        out[label] = candidate
+    tested = [s for s in summaries if not s.skipped]
+    return {
+        "alpha": alpha,
+        "cell_types": {s.cell_type: s.as_dict() for s in summaries},
+        "n_cell_types_tested": len(tested),
+        "n_cell_types_skipped": len(summaries) - len(tested),
+        "n_tests": len(results),
+        "n_up": sum(s.n_up for s in tested),
+        "n_down": sum(s.n_down for s in tested),
+    }
+
+
+def counts_table(summaries: list[CellTypeSummary]) -> pd.DataFrame:
+    """Return genes up and down with age per tested cell type.
+
+    Parameters
+    ----------
+    summaries
+        Output of :func:`differential_expression`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``cell_type, n_up, n_down``.
+    """
+    tested = [s for s in summaries if not s.skipped]
+    return pd.DataFrame(
+        {
+            "cell_type": [s.cell_type for s in tested],
+            "n_up": [s.n_up for s in tested],
+            "n_down": [s.n_down for s in tested],
+        }
+    )
+
+
+def figures(
+    results: pd.DataFrame, summaries: list[CellTypeSummary], *, alpha: float
+) -> dict[str, Any]:
+    """Draw the bar chart of genes up and down and one volcano plot per tested cell type.
+
+    Parameters
+    ----------
+    results, summaries
+        Output of :func:`differential_expression`.
+    alpha
+        The significance cut used.
+
+    Returns
+    -------
+    dict
+        PNG file name (``volcano_<cell type slug>.png``) to figure.
+    """
+    tested = [s.cell_type for s in summaries if not s.skipped]
+    out = {"de_counts.png": plot_de_counts(counts_table(summaries))}
+    for cell_type, name in unique_slugs(tested).items():
+        rows = results[results["cell_type"] == cell_type]
+        out[f"volcano_{name}.png"] = plot_volcano(rows, cell_type=cell_type, alpha=alpha)
     return out
 
 
-def volcano_figure(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
+def plot_volcano(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
     """Draw a volcano plot of one cell type's age effects.
 
     Parameters
@@ -443,12 +371,10 @@ def volcano_figure(results: pd.DataFrame, *, cell_type: str, alpha: float) -> An
     matplotlib.figure.Figure
         log2 fold change per SD of age against -log10 p-value.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     lfc = results["log2FoldChange"].to_numpy()
     p = results["pvalue"].to_numpy()
     y = -np.log10(np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0))
@@ -466,7 +392,7 @@ def volcano_figure(results: pd.DataFrame, *, cell_type: str, alpha: float) -> An
     return fig
 
 
-def counts_figure(counts: pd.DataFrame) -> Any:
+def plot_de_counts(counts: pd.DataFrame) -> Any:
     """Draw horizontal bars of genes up and down with age per cell type.
 
     Parameters
@@ -479,12 +405,10 @@ def counts_figure(counts: pd.DataFrame) -> Any:
     matplotlib.figure.Figure
         The bar chart.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 0.4 * max(len(counts), 1) + 1.2))
+    fig = Figure(figsize=(6, 0.4 * max(len(counts), 1) + 1.2))
+    ax = fig.subplots()
     pos = np.arange(len(counts))
     ax.barh(pos, counts["n_up"], color="tab:red", label="up with age")
     ax.barh(pos, -counts["n_down"], color="tab:blue", label="down with age")

@@ -14,12 +14,155 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from immune_aging.errors import InputError
+
 log = logging.getLogger(__name__)
 
 #: Harmony's default convergence threshold on the relative change of its objective.
 HARMONY_EPSILON = 1e-2
 #: scanpy.pp.neighbors without a transformer uses exact neighbours below this many cells.
 SCANPY_EXACT_BELOW = 8192
+#: ``obs`` columns read and kept.
+OBS_COLUMNS = ("donor_id", "cell_type")
+#: Cells subsampled to measure donor mixing (exact kNN on this many cells).
+MIXING_CELLS = 10_000
+
+
+def check_pca(pca: np.ndarray, *, n_pcs: int, n_neighbors: int) -> None:
+    """Check that a PCA embedding can feed the graph the parameters ask for.
+
+    Parameters
+    ----------
+    pca
+        ``obsm['X_pca']``.
+    n_pcs, n_neighbors
+        See ``params.yaml: dimred``.
+
+    Raises
+    ------
+    InputError
+        For a wrong shape, too few components or cells, or non-finite values.
+    """
+    if pca.ndim != 2:
+        raise InputError("obsm 'X_pca' must be a cells x components matrix")
+    if pca.shape[1] < n_pcs:
+        raise InputError(
+            f"obsm 'X_pca' has {pca.shape[1]} components; dimred.n_pcs asks for {n_pcs}"
+        )
+    if not np.isfinite(pca).all():
+        raise InputError("obsm 'X_pca' holds NaN or infinite values")
+    if pca.shape[0] <= n_neighbors:
+        raise InputError(f"{pca.shape[0]} cells; dimred.n_neighbors = {n_neighbors} needs more")
+
+
+def integrate_and_embed(
+    adata: ad.AnnData,
+    *,
+    harmony_max_iter: int,
+    n_neighbors: int,
+    n_pcs: int,
+    exact_knn_max_cells: int,
+    umap_min_dist: float,
+    seed: int,
+    n_threads: int = 1,
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """Harmony by donor, the kNN graph and UMAP on the corrected PCA; donor mixing.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm['X_pca']`` and ``obs`` :data:`OBS_COLUMNS`. Not modified.
+    harmony_max_iter, n_neighbors, n_pcs, exact_knn_max_cells, umap_min_dist, seed
+        See ``params.yaml: dimred``.
+    n_threads
+        Threads Harmony may use.
+
+    Returns
+    -------
+    tuple
+        The embedding AnnData of :func:`embedding_anndata` (with ``uns['harmony']``)
+        and the stage's metrics.
+    """
+    corrected, harmony = harmony_integrate(
+        adata, key="donor_id", max_iter=harmony_max_iter, seed=seed, n_threads=n_threads
+    )
+    work = ad.AnnData(obs=adata.obs[list(OBS_COLUMNS)].copy())
+    work.obsm["X_pca_harmony"] = corrected
+    work = neighbors_umap(
+        work,
+        use_rep="X_pca_harmony",
+        n_neighbors=n_neighbors,
+        n_pcs=n_pcs,
+        min_dist=umap_min_dist,
+        seed=seed,
+        exact_max_cells=exact_knn_max_cells,
+    )
+    pca = np.asarray(adata.obsm["X_pca"])
+    mixing = donor_mixing(
+        {"pca": pca[:, :n_pcs], "harmony": corrected[:, :n_pcs]},
+        adata.obs["donor_id"].astype(str).to_numpy(),
+        n_neighbors=n_neighbors,
+        max_cells=MIXING_CELLS,
+        seed=seed,
+    )
+    emb = embedding_anndata(work, obs_columns=OBS_COLUMNS)
+    emb.uns["harmony"] = {k: v for k, v in harmony.items() if k != "objective"}
+    emb.uns["harmony"]["objective"] = np.asarray(harmony["objective"], dtype=np.float64)
+    metrics = {
+        "cells": int(emb.n_obs),
+        "donors": int(emb.obs["donor_id"].nunique()),
+        "n_pcs_available": int(pca.shape[1]),
+        "n_pcs": int(n_pcs),
+        "n_neighbors": int(n_neighbors),
+        "knn": str(work.uns["neighbors"]["params"]["knn"]),
+        "harmony_iterations": int(harmony["iterations"]),
+        "harmony_converged": bool(harmony["converged"]),
+        "harmony_max_iter": int(harmony_max_iter),
+        "donor_mixing_pca": mixing["pca"],
+        "donor_mixing_harmony": mixing["harmony"],
+        "donor_mixing_expected": mixing["expected"],
+        "donor_mixing_cells": int(mixing["cells"]),
+    }
+    log.info(
+        "share of neighbours from other donors: %.3f before Harmony, %.3f after (random: %.3f)",
+        mixing["pca"],
+        mixing["harmony"],
+        mixing["expected"],
+    )
+    return emb, metrics
+
+
+def figures(emb: ad.AnnData, *, seed: int) -> dict[str, Any]:
+    """Draw the UMAP coloured by cell type and by donor.
+
+    Parameters
+    ----------
+    emb
+        Output of :func:`integrate_and_embed`.
+    seed
+        Seed of the drawing order.
+
+    Returns
+    -------
+    dict
+        PNG file name to figure.
+    """
+    from immune_aging.analysis.plots import plot_embedding
+
+    n_donors = int(emb.obs["donor_id"].nunique())
+    umap = emb.obsm["X_umap"]
+    return {
+        "umap_cell_type.png": plot_embedding(
+            umap, emb.obs["cell_type"], title="UMAP by cell type", seed=seed
+        ),
+        "umap_donor.png": plot_embedding(
+            umap,
+            emb.obs["donor_id"],
+            title=f"UMAP by donor ({n_donors} donors, after Harmony)",
+            legend="right" if n_donors <= 20 else "none",
+            seed=seed,
+        ),
+    }
 
 
 def harmony_integrate(
@@ -277,111 +420,3 @@ def embedding_anndata(
     if "umap" in adata.uns:
         out.uns["umap"] = dict(adata.uns["umap"])
     return out
-
-
-def plot_embedding(
-    coords: np.ndarray,
-    labels: pd.Series | np.ndarray,
-    *,
-    title: str,
-    legend: str = "right",
-    seed: int = 0,
-) -> Any:
-    """Scatter a 2-D embedding coloured by a categorical label.
-
-    Cells are drawn in a random (seeded) order so that no group hides the others.
-
-    Parameters
-    ----------
-    coords
-        Cells x 2 coordinates (e.g. ``obsm['X_umap']``).
-    labels
-        Label of each cell.
-    title
-        Figure title.
-    legend
-        ``"right"``: a legend beside the plot; ``"on data"``: each label written at
-        the median position of its cells; ``"none"``: no legend (for many labels,
-        e.g. donors).
-    seed
-        Random seed of the drawing order.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The figure (not saved).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    coords = np.asarray(coords)
-    cat = pd.Categorical(np.asarray(labels))
-    names = [str(c) for c in cat.categories]
-    colours = category_colours(len(names))
-    order = np.random.default_rng(seed).permutation(len(cat))
-    size = float(np.clip(30000.0 / max(len(cat), 1), 0.3, 20.0))
-    width = 10.5 if legend == "right" else 7.5
-    fig, ax = plt.subplots(figsize=(width, 7))
-    ax.scatter(
-        coords[order, 0],
-        coords[order, 1],
-        c=colours[cat.codes[order]],
-        s=size,
-        linewidths=0,
-        rasterized=True,
-    )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_title(title)
-    if legend == "right":
-        handles = [
-            plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=name)
-            for i, name in enumerate(names)
-        ]
-        ax.legend(
-            handles=handles,
-            loc="center left",
-            bbox_to_anchor=(1.01, 0.5),
-            frameon=False,
-            fontsize=8 if len(names) <= 20 else 6,
-            ncols=1 if len(names) <= 25 else 2,
-        )
-    elif legend == "on data":
-        for i, name in enumerate(names):
-            sel = cat.codes == i
-            if sel.any():
-                x, y = np.median(coords[sel], axis=0)
-                ax.text(x, y, name, fontsize=9, weight="bold", ha="center", va="center")
-    fig.tight_layout()
-    return fig
-
-
-def category_colours(n: int) -> np.ndarray:
-    """Return ``n`` distinct RGBA colours (tab10/tab20, then an even spread of hues).
-
-    Parameters
-    ----------
-    n
-        Number of colours.
-
-    Returns
-    -------
-    numpy.ndarray
-        Array of shape ``(n, 4)``.
-    """
-    import matplotlib
-    from matplotlib.colors import to_rgba_array
-
-    if n <= 10:
-        return to_rgba_array(matplotlib.colormaps["tab10"].colors[:n]).reshape(n, 4)
-    if n <= 20:
-        return to_rgba_array(matplotlib.colormaps["tab20"].colors[:n]).reshape(n, 4)
-    spread = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n))
-    # interleave so that neighbouring labels get distant hues
-    step = max(int(np.sqrt(n)), 1)
-    order = np.concatenate([np.arange(start, n, step) for start in range(step)])
-    return spread[order]

@@ -311,13 +311,12 @@ def assemble_filtered(
     return ad.AnnData(X=matrix, obs=new_obs, var=new_var)
 
 
-def filter_metrics(
+def summary(
     selection: CellSelection,
     *,
-    n_cells_in: int,
+    obs: pd.DataFrame,
     n_genes_in: int,
     filtered: ad.AnnData,
-    cell_types_in: int,
 ) -> dict[str, Any]:
     """Summarise what the filter did, for ``metrics/filter.json``.
 
@@ -325,18 +324,20 @@ def filter_metrics(
     ----------
     selection
         Result of :func:`select_cells`.
-    n_cells_in, n_genes_in
-        Size of the input.
+    obs
+        Annotations of the input cells.
+    n_genes_in
+        Genes in the input.
     filtered
         The output of :func:`assemble_filtered`.
-    cell_types_in
-        Number of distinct cell types in the input.
 
     Returns
     -------
     dict
         Counts in and out, the cut-off, and what each rule removed.
     """
+    n_cells_in = len(obs)
+    cell_types_in = int(obs[CELL_TYPE_KEY].nunique())
     per_donor = selection.cells_per_donor
     return {
         "cells_in": n_cells_in,

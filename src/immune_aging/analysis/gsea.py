@@ -224,75 +224,30 @@ def gsea(
     return results[RESULT_COLUMNS], summary
 
 
-def dot_figure(
-    results: pd.DataFrame,
-    *,
-    fdr: float,
-    top: int = 5,
-    colour_label: str = "NES",
-    cut_label: str = "FDR",
-) -> Any:
-    """Draw the top up and down sets of every cell type as a dot plot.
+def summary(
+    results: pd.DataFrame, per_cell_type: dict[str, dict[str, Any]], *, fdr: float, n_sets: int
+) -> dict[str, Any]:
+    """Summarise GSEA for ``metrics/gsea.json``.
 
     Parameters
     ----------
-    results
-        Rows from :func:`gsea` (or ORA rows with ``nes`` replaced by a signed score).
+    results, per_cell_type
+        Output of :func:`gsea`.
     fdr
-        Significance cut; significant dots are drawn with a black edge.
-    top
-        Sets per cell type and direction (by FDR, then |NES|).
-    colour_label
-        Colour bar title.
-    cut_label
-        Name of the adjusted p-value in the legend.
+        The significance cut used.
+    n_sets
+        Sets in the library.
 
     Returns
     -------
-    matplotlib.figure.Figure
-        Terms x cell types; colour NES, size -log10 FDR.
+    dict
+        ``fdr``, per cell type its summary, the library size and the numbers of
+        (cell type, set) pairs up and down.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    picked = []
-    for _, rows in results.groupby("cell_type", sort=True):
-        for sign in (1, -1):
-            part = rows[np.sign(rows["nes"]) == sign]
-            part = part.assign(absnes=part["nes"].abs()).sort_values(
-                ["fdr", "absnes", "term"], ascending=[True, False, True], kind="mergesort"
-            )
-            picked.extend(part["term"].head(top))
-    terms = sorted(set(picked))
-    cts = sorted(results["cell_type"].unique())
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * max(len(cts), 1), 1.5 + 0.28 * max(len(terms), 1)))
-    if not terms:
-        ax.text(0.5, 0.5, "no gene set tested", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
-    sub = results[results["term"].isin(terms)]
-    x = sub["cell_type"].map({c: i for i, c in enumerate(cts)}).to_numpy()
-    y = sub["term"].map({t: i for i, t in enumerate(terms)}).to_numpy()
-    size = 20 + 40 * np.clip(-np.log10(np.clip(sub["fdr"].to_numpy(float), 1e-4, 1)), 0, 4)
-    lim = max(float(np.nanmax(np.abs(sub["nes"]))), 1.0)
-    sig = (sub["fdr"] < fdr).to_numpy()
-    points = ax.scatter(
-        x,
-        y,
-        s=size,
-        c=sub["nes"],
-        cmap="coolwarm",
-        vmin=-lim,
-        vmax=lim,
-        edgecolors=np.where(sig, "black", "none").tolist(),
-        linewidths=0.8,
-    )
-    ax.set_xticks(range(len(cts)), cts, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(terms)), terms, fontsize=7)
-    ax.set_xlim(-0.6, len(cts) - 0.4)
-    ax.set_ylim(-0.6, len(terms) - 0.4)
-    fig.colorbar(points, ax=ax, label=colour_label, shrink=0.6)
-    ax.set_title(f"dot size: -log10 {cut_label}; black edge: {cut_label} < {fdr:g}", fontsize=8)
-    return fig
+    return {
+        "fdr": fdr,
+        "cell_types": per_cell_type,
+        "n_sets_in_library": n_sets,
+        "n_up": sum(v["n_up"] for v in per_cell_type.values()),
+        "n_down": sum(v["n_down"] for v in per_cell_type.values()),
+    }

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import hypergeom
 
+from immune_aging.analysis import plots
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,35 @@ def ora(
     return results[RESULT_COLUMNS], summary
 
 
+def summary(
+    per_cell_type: dict[str, dict[str, Any]], *, padj: float, backend: str
+) -> dict[str, Any]:
+    """Summarise ORA for ``metrics/ora.json``.
+
+    Parameters
+    ----------
+    per_cell_type
+        The summary of :func:`ora` or :func:`ora_enrichr`.
+    padj
+        The significance cut used.
+    backend
+        ``"local"`` or ``"enrichr"``.
+
+    Returns
+    -------
+    dict
+        ``padj``, ``backend``, per cell type its summary and the numbers of
+        significant (cell type, set) pairs up and down.
+    """
+    return {
+        "padj": padj,
+        "backend": backend,
+        "cell_types": per_cell_type,
+        "n_up_sets": sum(v["n_up_sets"] for v in per_cell_type.values()),
+        "n_down_sets": sum(v["n_down_sets"] for v in per_cell_type.values()),
+    }
+
+
 def check_enrichr_reachable(*, url: str | None = None, timeout: float = 10.0) -> None:
     """Fail fast when the Enrichr web service cannot be reached.
 
@@ -324,7 +354,7 @@ def ora_enrichr(
     return results[RESULT_COLUMNS], summary
 
 
-def dot_figure(results: pd.DataFrame, *, padj: float, top: int = 5) -> Any:
+def plot_dots(results: pd.DataFrame, *, padj: float, top: int = 5) -> Any:
     """Draw the top sets per cell type and direction as a dot plot.
 
     Parameters
@@ -341,8 +371,6 @@ def dot_figure(results: pd.DataFrame, *, padj: float, top: int = 5) -> Any:
     matplotlib.figure.Figure
         Terms x (cell type, direction); colour signed -log10 padj (red up, blue down).
     """
-    from immune_aging.analysis.gsea import dot_figure as gsea_dot
-
     score = -np.log10(np.clip(results["padj"].to_numpy(dtype=float), 1e-10, 1.0))
     sign = np.where(results["direction"] == "up", 1.0, -1.0)
     as_gsea = pd.DataFrame(
@@ -353,7 +381,7 @@ def dot_figure(results: pd.DataFrame, *, padj: float, top: int = 5) -> Any:
             "fdr": results["padj"].to_numpy(dtype=float),
         }
     )
-    return gsea_dot(
+    return plots.plot_dots(
         as_gsea,
         fdr=padj,
         top=top,

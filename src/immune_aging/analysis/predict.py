@@ -341,7 +341,7 @@ def predict_age(
     return out, predictions
 
 
-def scatter_figure(predictions: pd.DataFrame) -> Any:
+def plot_predictions(predictions: pd.DataFrame) -> Any:
     """Draw predicted against actual age, one panel per cell type.
 
     Parameters
@@ -354,15 +354,13 @@ def scatter_figure(predictions: pd.DataFrame) -> Any:
     matplotlib.figure.Figure
         Expression model in colour, baseline in grey, identity line dashed.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cts = sorted(predictions["cell_type"].unique())
     ncol = min(4, max(len(cts), 1))
     nrow = max(1, int(np.ceil(len(cts) / ncol)))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3 * nrow), squeeze=False)
+    fig = Figure(figsize=(3 * ncol, 3 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.ravel()[len(cts) :]:
         ax.set_axis_off()
     if not cts:

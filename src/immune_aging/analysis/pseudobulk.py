@@ -16,7 +16,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from immune_aging.analysis.age import age_table
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -25,8 +24,9 @@ log = logging.getLogger(__name__)
 SEP = "|"
 #: Largest integer float32 holds exactly.
 FLOAT32_EXACT = 2**24
-#: Donor-level columns carried onto every sample.
-DONOR_COLUMNS = ("sex", "development_stage")
+#: obs columns of the cells the pseudobulk needs, besides ``development_stage`` or a
+#: numeric ``age``.
+CELL_COLUMNS = ("donor_id", "cell_type", "sex")
 
 
 def sum_counts(
@@ -190,58 +190,6 @@ def filter_samples(
     return kept, report
 
 
-def donor_table(
-    obs: pd.DataFrame, *, donor_key: str = "donor_id", age_80_and_over: float
-) -> pd.DataFrame:
-    """Return one row per donor: ``sex``, ``development_stage``, ``age`` and ``age_form``.
-
-    Parameters
-    ----------
-    obs
-        Cell table with ``donor_key``, ``sex`` and ``development_stage`` (or a
-        numeric ``age``) columns.
-    donor_key
-        Donor column.
-    age_80_and_over
-        Age in years given to ``80 year-old and over`` donors
-        (see :mod:`immune_aging.analysis.age`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Indexed by donor id (sorted, strings); ``age`` in years, NaN when unknown.
-
-    Raises
-    ------
-    InputError
-        If a donor has more than one value of a donor-level column, or an age
-        label cannot be read.
-    """
-    columns = [c for c in (*DONOR_COLUMNS, "age") if c in obs.columns]
-    table = obs[[donor_key, *columns]].copy()
-    table[donor_key] = table[donor_key].astype(str)
-    for col in columns:
-        if isinstance(table[col].dtype, pd.CategoricalDtype):
-            table[col] = table[col].astype(object)
-        counts = table.groupby(donor_key, sort=True)[col].nunique(dropna=False)
-        if (counts > 1).any():
-            donor = counts.index[counts > 1][0]
-            raise InputError(
-                f"obs column {col!r}: donor {donor!r} has {counts[donor]} different values; "
-                "expected one per donor"
-            )
-    donors = table.drop_duplicates(donor_key).set_index(donor_key).sort_index()
-    donors.index.name = "donor_id"
-    ages = age_table(donors, age_80_and_over=age_80_and_over)
-    donors["age"] = ages["age"].astype(np.float64)
-    donors["age_form"] = ages["form"].astype(str)
-    for col in DONOR_COLUMNS:
-        if col not in donors.columns:
-            donors[col] = "unknown"
-        donors[col] = donors[col].astype(str)
-    return donors[[*DONOR_COLUMNS, "age", "age_form"]]
-
-
 def add_donor_metadata(pb: ad.AnnData, donors: pd.DataFrame) -> ad.AnnData:
     """Carry donor metadata onto every sample.
 
@@ -311,7 +259,7 @@ def make_pseudobulk(
     parts
         :func:`sum_counts` of disjoint sets of the kept cells (e.g. blocks).
     donors
-        Donor table of :func:`donor_table`.
+        Donor table of :func:`immune_aging.analysis.age.donor_table`.
     min_cells, min_samples_per_cell_type
         See :func:`filter_samples`.
 
@@ -339,7 +287,7 @@ def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[
     report
         Per cell type report of :func:`filter_samples`.
     donors
-        Donor table of :func:`donor_table`.
+        Donor table of :func:`immune_aging.analysis.age.donor_table`.
 
     Returns
     -------
@@ -371,6 +319,37 @@ def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[
     }
 
 
+def figures(
+    report: pd.DataFrame,
+    donors: pd.DataFrame,
+    *,
+    min_samples_per_cell_type: int,
+    age_80_and_over: float,
+) -> dict[str, Any]:
+    """Draw the stage's figures.
+
+    Parameters
+    ----------
+    report
+        Per cell type report of :func:`filter_samples`.
+    donors
+        Donor table of :func:`immune_aging.analysis.age.donor_table`.
+    min_samples_per_cell_type, age_80_and_over
+        See ``params.yaml: pseudobulk``.
+
+    Returns
+    -------
+    dict
+        PNG file name to figure.
+    """
+    return {
+        "samples_per_cell_type.png": plot_samples(
+            report, min_samples_per_cell_type=min_samples_per_cell_type
+        ),
+        "donor_ages.png": plot_ages(donors, age_80_and_over=age_80_and_over),
+    }
+
+
 def plot_samples(report: pd.DataFrame, *, min_samples_per_cell_type: int) -> Any:
     """Horizontal bar chart of samples per cell type, dropped cell types greyed.
 
@@ -386,13 +365,11 @@ def plot_samples(report: pd.DataFrame, *, min_samples_per_cell_type: int) -> Any
     matplotlib.figure.Figure
         The figure (not saved).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with_cells = report["samples_total"] - report["samples_few_cells"]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(report), 1)))
+    fig = Figure(figsize=(8, 1.2 + 0.35 * max(len(report), 1)))
+    ax = fig.subplots()
     y = np.arange(len(report))
     colours = np.where(report["kept"], "tab:blue", "lightgrey")
     ax.barh(y, with_cells, color=colours, label="samples with enough cells")
@@ -422,7 +399,7 @@ def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
     Parameters
     ----------
     donors
-        Donor table of :func:`donor_table`.
+        Donor table of :func:`immune_aging.analysis.age.donor_table`.
     age_80_and_over
         The age given to ``80 year-old and over`` donors (marked on the plot).
 
@@ -431,10 +408,7 @@ def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
     matplotlib.figure.Figure
         The figure (not saved).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ages = donors["age"].to_numpy(dtype=np.float64)
     censored_mask = (donors["age_form"] == "and_over").to_numpy()
@@ -442,7 +416,8 @@ def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
     exact = ages[np.isfinite(ages) & ~censored_mask]
     censored = ages[np.isfinite(ages) & censored_mask]
     unknown = int(np.isnan(ages).sum())
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if known.size:
         low = np.floor(known.min() / 5) * 5
         high = np.ceil((known.max() + 1e-9) / 5) * 5

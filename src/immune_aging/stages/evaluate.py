@@ -1,33 +1,33 @@
-"""Stage ``evaluate``: score the results against the simulation's ground truth."""
+"""Stage ``evaluate``: score the results against the simulation's ground truth.
+
+On real data (no ``truth.json``) every score is empty. The scores are described
+in :mod:`immune_aging.analysis.evaluate`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
-from immune_aging import io, stage
+from immune_aging import counts, io, stage
 from immune_aging.analysis import evaluate
 from immune_aging.errors import InputError
+from immune_aging.params import EvaluateParams
 
 NAME = "evaluate"
+PATHS = {
+    "raw": "data folder holding truth.json",
+    "de": "DE results parquet",
+    "gsea": "GSEA results parquet",
+    "ora": "ORA results parquet",
+    "predict": "predict metrics JSON",
+    "clusters": "clusters parquet",
+    "cells": "QC cells parquet",
+    "metrics": "metrics JSON",
+}
 TRUTH_FILE = "truth.json"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the stage's paths."""
-    p.add_argument("--raw", type=Path, required=True, help="data folder holding truth.json")
-    p.add_argument("--de", type=Path, required=True, help="DE results parquet")
-    p.add_argument("--gsea", type=Path, required=True, help="GSEA results parquet")
-    p.add_argument("--ora", type=Path, required=True, help="ORA results parquet")
-    p.add_argument("--predict", type=Path, required=True, help="predict metrics JSON")
-    p.add_argument("--clusters", type=Path, required=True, help="clusters parquet")
-    p.add_argument("--cells", type=Path, required=True, help="QC cells parquet")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
-
-
-def body(args: argparse.Namespace, params: Any) -> None:
+def body(args, params: EvaluateParams) -> None:
     """Read the truth (when there is one) and every result, and write the scores."""
     truth_path = args.raw / TRUTH_FILE
     if not truth_path.is_file():
@@ -38,9 +38,6 @@ def body(args: argparse.Namespace, params: Any) -> None:
         predict_metrics = io.read_json(args.predict)
         if not isinstance(predict_metrics, dict):
             raise InputError(f"{args.predict}: expected a JSON object of cell types")
-        cells = io.read_parquet(args.cells, ("predicted_doublet",))
-        if cells.index.name != "cell_id" and "cell_id" in cells.columns:
-            cells = cells.set_index("cell_id")
         scores = evaluate.evaluate(
             truth,
             de_results=io.read_parquet(
@@ -50,14 +47,14 @@ def body(args: argparse.Namespace, params: Any) -> None:
             ora_results=io.read_parquet(args.ora, ("cell_type", "direction", "term", "padj")),
             predict_metrics=predict_metrics,
             clusters=io.read_parquet(args.clusters, ("leiden", "cell_type")),
-            cells=cells,
+            cells=counts.read_cells(args.cells, ("predicted_doublet",)),
             alpha=params.alpha,
         )
     with io.Outputs() as out:
         io.write_json(scores, out.file(args.metrics))
 
 
-main = stage.main_for(NAME, __doc__.splitlines()[0], add_arguments, body)
+main = stage.main_for(NAME, __doc__, PATHS, body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,30 +1,29 @@
-"""Stage ``predict``: predict donor age from pseudobulk expression, per cell type."""
+"""Stage ``predict``: predict donor age from pseudobulk expression, per cell type.
+
+The method is described in :mod:`immune_aging.analysis.predict`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
-from immune_aging import io, stage
-from immune_aging.analysis import de, predict
+from immune_aging import counts, io, stage
+from immune_aging.analysis import predict
 from immune_aging.errors import InputError
+from immune_aging.params import PredictParams
 
 NAME = "predict"
+PATHS = {
+    "input": "pseudobulk h5ad",
+    "metrics": "metrics JSON",
+    "plots": "plots folder",
+}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the stage's paths."""
-    p.add_argument("--input", type=Path, required=True, help="pseudobulk h5ad")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
-    p.add_argument("--plots", type=Path, required=True, help="plots folder")
-
-
-def body(args: argparse.Namespace, params: Any) -> None:
+def body(args, params: PredictParams) -> None:
     """Cross-validate the age model and the sex-only baseline per cell type."""
     adata = io.read_h5ad(args.input)
-    de.validate_pseudobulk(adata, source=str(args.input))
+    counts.validate_pseudobulk(adata, args.input)
     if adata.n_vars == 0:
         raise InputError(f"{args.input}: no genes")
     metrics, predictions = predict.predict_age(
@@ -39,10 +38,10 @@ def body(args: argparse.Namespace, params: Any) -> None:
         io.write_json(metrics, out.file(args.metrics))
         plots = out.dir(args.plots)
         predictions.to_csv(plots / "predictions.csv", index=False, float_format="%.4f")
-        io.save_figure(predict.scatter_figure(predictions), plots / "predictions.png")
+        io.save_figures({"predictions.png": predict.plot_predictions(predictions)}, plots)
 
 
-main = stage.main_for(NAME, __doc__.splitlines()[0], add_arguments, body)
+main = stage.main_for(NAME, __doc__, PATHS, body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,467 @@
+"""Raw counts and cell tables: the one reader the stages share.
+
+- :func:`kept_blocks` streams the raw counts of the kept cells of an h5ad file
+  (``X`` or ``raw.X``, CSR, CSC or dense) in blocks of rows, checking every
+  stored value with :func:`check_counts`;
+- :func:`read_counts` assembles them into one CSR matrix whose arrays are
+  allocated at their final size from the file's ``indptr``, so peak memory is the
+  result plus one block (anndata's backed subsetting needs 2-3 times the result);
+- :func:`read_keep` and :func:`read_cells` read the per-cell table of the ``qc``
+  stage (``cells.parquet``) aligned with the cells of a count matrix;
+- :func:`gene_table` returns the gene annotations matching the counts' columns.
+
+Every fault raises :class:`~immune_aging.errors.InputError` with one line naming
+the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from immune_aging.errors import InputError
+from immune_aging.executor import Progress
+
+log = logging.getLogger(__name__)
+
+#: Stored entries (dense: values) read per block while streaming counts.
+BLOCK_VALUES = 1 << 23
+#: The index (or column) naming cells in ``cells.parquet``.
+CELL_ID = "cell_id"
+
+
+# --------------------------------------------------------------------------- values
+
+
+def count_problem(values: np.ndarray) -> str | None:
+    """Describe why stored matrix values are not raw counts, or return None when they are.
+
+    Raw counts are finite, non-negative and integer-valued (any numeric dtype).
+
+    Parameters
+    ----------
+    values
+        The stored values (a sparse matrix's ``data``, or dense values).
+
+    Returns
+    -------
+    str or None
+        E.g. ``"non-integer values (e.g. 2.5)"``, ``"negative values (e.g. -1)"``,
+        ``"non-finite values (e.g. nan)"`` or ``"values of type <U3"``.
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return None
+    if values.dtype.kind in "iu":
+        negative = values[values < 0]
+        return f"negative values (e.g. {negative[0]:g})" if negative.size else None
+    if values.dtype.kind != "f":
+        return f"values of type {values.dtype}"
+    for what, bad in (
+        ("non-finite", ~np.isfinite(values)),
+        ("non-integer", values != np.floor(values)),
+        ("negative", values < 0),
+    ):
+        if bad.any():
+            return f"{what} values (e.g. {values[bad][0]:.4g})"
+    return None
+
+
+def check_counts(values: np.ndarray, path: str | os.PathLike[str], location: str) -> None:
+    """Refuse stored matrix values that are not raw counts (see :func:`count_problem`).
+
+    Parameters
+    ----------
+    values
+        The stored values.
+    path
+        The file they came from.
+    location
+        Where in the file (``"X"``, ``"raw.X"``).
+
+    Raises
+    ------
+    InputError
+        ``<path>: <location> holds non-integer values (e.g. 2.5): raw counts are
+        required`` and the like.
+    """
+    problem = count_problem(values)
+    if problem is not None:
+        raise InputError(f"{path}: {location} holds {problem}: raw counts are required")
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _node_key(location: str) -> str:
+    return "X" if location == "X" else "raw/X"
+
+
+def matrix_shape(node: Any) -> tuple[int, int]:
+    """Return ``(rows, columns)`` of an h5ad matrix node (dataset or sparse group).
+
+    Parameters
+    ----------
+    node
+        An ``h5py`` dataset (dense) or group (sparse, with a ``shape`` attribute).
+
+    Returns
+    -------
+    tuple of int
+        The shape.
+    """
+    shape = node.shape if isinstance(node, h5py.Dataset) else node.attrs["shape"]
+    return int(shape[0]), int(shape[1])
+
+
+def _row_blocks(node: Any, shape: tuple[int, int]) -> Iterator[tuple[int, sparse.csr_matrix]]:
+    """Yield ``(first row, CSR block)`` over consecutive rows of an h5ad matrix."""
+    n_rows, n_cols = shape
+    encoding = None if isinstance(node, h5py.Dataset) else node.attrs.get("encoding-type")
+    if encoding == "csr_matrix":
+        indptr = node["indptr"][:]
+        data, indices = node["data"], node["indices"]
+        per_row = max(1, int(indptr[-1]) // max(n_rows, 1))
+        step = max(1, BLOCK_VALUES // per_row)
+        for a in range(0, n_rows, step):
+            b = min(a + step, n_rows)
+            lo, hi = int(indptr[a]), int(indptr[b])
+            yield (
+                a,
+                sparse.csr_matrix(
+                    (data[lo:hi], indices[lo:hi], indptr[a : b + 1] - lo), shape=(b - a, n_cols)
+                ),
+            )
+        return
+    step = max(1, BLOCK_VALUES // max(n_cols, 1))
+    if encoding is None:  # dense
+        for a in range(0, n_rows, step):
+            yield a, sparse.csr_matrix(node[a : a + step])
+        return
+    if encoding == "csc_matrix":
+        from anndata.io import sparse_dataset
+
+        matrix = sparse_dataset(node)
+        for a in range(0, n_rows, step):
+            yield a, sparse.csr_matrix(matrix[a : a + step])
+        return
+    raise InputError(f"unsupported matrix encoding {encoding!r}")
+
+
+def _entries_bound(node: Any, keep: np.ndarray) -> int | None:
+    """Return the stored entries of the kept rows of a CSR matrix (None otherwise)."""
+    if isinstance(node, h5py.Dataset) or node.attrs.get("encoding-type") != "csr_matrix":
+        return None
+    return int(np.diff(node["indptr"][:])[keep].sum())
+
+
+@dataclass(frozen=True)
+class Block:
+    """Counts of the kept cells among consecutive rows of a matrix.
+
+    Attributes
+    ----------
+    start
+        First row of the block in the file.
+    rows
+        Positions (in the file) of the kept rows, ascending.
+    counts
+        CSR counts of those rows (all genes; no explicit zeros, duplicates summed).
+    """
+
+    start: int
+    rows: np.ndarray
+    counts: sparse.csr_matrix
+
+
+def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -> Iterator[Block]:
+    """Stream the raw counts of the kept cells, one block of rows at a time.
+
+    Blocks without a kept cell are skipped. Every stored value is checked with
+    :func:`check_counts`.
+
+    Parameters
+    ----------
+    path
+        The h5ad file.
+    location
+        ``"X"`` or ``"raw.X"``.
+    keep
+        Boolean mask over the file's rows.
+
+    Yields
+    ------
+    Block
+        The kept rows of each block, in file order.
+
+    Raises
+    ------
+    InputError
+        If the matrix and ``keep`` disagree in length or a value is not a count.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as fh:
+        node = fh[_node_key(location)]
+        shape = matrix_shape(node)
+        if shape[0] != len(keep):
+            raise InputError(f"{path}: {location} has {shape[0]} rows, obs has {len(keep)}")
+        progress = Progress(f"{path.name}: rows read", total=shape[0])
+        for a, block in _row_blocks(node, shape):
+            progress.step(block.shape[0])
+            local = np.flatnonzero(keep[a : a + block.shape[0]])
+            if local.size == 0:
+                continue
+            sub = block if local.size == block.shape[0] else block[local]
+            sub.sum_duplicates()
+            sub.eliminate_zeros()
+            check_counts(sub.data, path, location)
+            yield Block(start=a, rows=a + local, counts=sub)
+
+
+def read_counts(
+    path: str | os.PathLike[str],
+    location: str,
+    keep: np.ndarray,
+    *,
+    drop_empty_genes: bool = True,
+) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Read the kept cells' raw counts, dropping genes without any count.
+
+    Parameters
+    ----------
+    path
+        The h5ad file.
+    location
+        ``"X"`` or ``"raw.X"``.
+    keep
+        Boolean mask of the cells to read.
+    drop_empty_genes
+        Drop the genes without any count in the kept cells (else keep every gene).
+
+    Returns
+    -------
+    tuple
+        ``(counts, genes)``: CSR float32 counts (kept cells x expressed genes, no
+        explicit zeros, sorted indices) and the boolean mask of expressed genes over
+        all genes.
+
+    Raises
+    ------
+    InputError
+        If a value is negative, fractional or not finite.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as fh:
+        node = fh[_node_key(location)]
+        n_cols = matrix_shape(node)[1]
+        bound = _entries_bound(node, keep) if len(keep) == matrix_shape(node)[0] else None
+    wide = max(bound or 0, n_cols) >= np.iinfo(np.int32).max
+    index_dtype = np.int64 if wide else np.int32
+    data = np.empty(bound or 0, dtype=np.float32)
+    indices = np.empty(bound or 0, dtype=index_dtype)
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    row_nnz: list[np.ndarray] = []
+    totals = np.zeros(n_cols, dtype=np.float64)
+    pos = 0
+    for block in kept_blocks(path, location, keep):
+        sub = block.counts
+        totals += np.bincount(sub.indices, weights=sub.data, minlength=n_cols)
+        row_nnz.append(np.diff(sub.indptr))
+        if bound is None:
+            pieces.append((sub.data.astype(np.float32), sub.indices.astype(index_dtype)))
+        else:
+            data[pos : pos + sub.nnz] = sub.data
+            indices[pos : pos + sub.nnz] = sub.indices
+        pos += sub.nnz
+    if bound is None:
+        data = np.concatenate([p[0] for p in pieces]) if pieces else data
+        indices = np.concatenate([p[1] for p in pieces]) if pieces else indices
+    elif pos < bound:  # explicit zeros or duplicates were dropped
+        data, indices = data[:pos].copy(), indices[:pos].copy()
+    genes = totals > 0 if drop_empty_genes else np.ones(n_cols, dtype=bool)
+    if not genes.all():
+        new_column = (np.cumsum(genes) - 1).astype(index_dtype)
+        for lo in range(0, len(indices), BLOCK_VALUES):  # renumber columns in place
+            indices[lo : lo + BLOCK_VALUES] = new_column[indices[lo : lo + BLOCK_VALUES]]
+    nnz_per_row = np.concatenate(row_nnz) if row_nnz else np.zeros(0, dtype=np.int64)
+    indptr = np.zeros(len(nnz_per_row) + 1, dtype=index_dtype)
+    np.cumsum(nnz_per_row, out=indptr[1:])
+    counts = sparse.csr_matrix(
+        (data, indices, indptr), shape=(len(nnz_per_row), int(genes.sum())), copy=False
+    )
+    log.info(
+        "read %d cells, %d stored counts; %d of %d genes have counts",
+        counts.shape[0],
+        counts.nnz,
+        counts.shape[1],
+        n_cols,
+    )
+    return counts, genes
+
+
+def gene_table(adata: Any, location: str, path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Return the gene annotations matching the columns of the raw counts.
+
+    Parameters
+    ----------
+    adata
+        The dataset (backed is fine).
+    location
+        ``"X"`` or ``"raw.X"``.
+    path
+        The file, for messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``var`` (or ``raw.var``, with ``feature_name`` taken from ``var`` when it
+        has none and the genes are the same).
+
+    Raises
+    ------
+    InputError
+        If ``raw.var`` has no symbols and its genes differ from ``var``.
+    """
+    if location == "X":
+        return adata.var
+    raw_var = adata.raw.var
+    if "feature_name" in raw_var.columns:
+        return raw_var
+    if raw_var.index.equals(adata.var.index):
+        return raw_var.assign(feature_name=adata.var["feature_name"].to_numpy())
+    raise InputError(f"{path}: raw.var has no 'feature_name' column and its genes differ from var")
+
+
+# --------------------------------------------------------------------------- cell tables
+
+
+def read_cells(path: str | os.PathLike[str], columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a per-cell table (``cells.parquet``) indexed by ``cell_id``.
+
+    Parameters
+    ----------
+    path
+        The parquet file; ``cell_id`` is its index or a column.
+    columns
+        Columns that must be present.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table, index ``cell_id`` (strings, unique).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or unreadable, has no ``cell_id``, repeats one, or
+        lacks a required column.
+    """
+    from immune_aging import io
+
+    path = Path(path)
+    table = io.read_parquet(path, columns=[c for c in columns if c != CELL_ID])
+    if CELL_ID in table.columns:
+        table = table.set_index(CELL_ID)
+    elif table.index.name != CELL_ID:
+        raise InputError(f"{path}: no {CELL_ID!r} index or column")
+    table.index = table.index.astype(str)
+    if not table.index.is_unique:
+        raise InputError(
+            f"{path}: {CELL_ID} {table.index[table.index.duplicated()][0]!r} repeated"
+        )
+    return table
+
+
+def read_keep(
+    path: str | os.PathLike[str], cell_ids: pd.Index, counts_path: str | os.PathLike[str]
+) -> np.ndarray:
+    """Return the QC ``keep`` flag of every cell of a count matrix, in its order.
+
+    Parameters
+    ----------
+    path
+        The QC cell table (``cell_id`` index or column, boolean ``keep``).
+    cell_ids
+        The cells of the count matrix, in order.
+    counts_path
+        The count matrix file, named in messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask aligned with ``cell_ids``.
+
+    Raises
+    ------
+    InputError
+        If the table is unreadable, lacks ``keep``, has a non-boolean or missing
+        ``keep``, or does not list exactly the cells of ``counts_path``.
+    """
+    path = Path(path)
+    table = read_cells(path, ["keep"])
+    keep = table["keep"]
+    if isinstance(keep.dtype, pd.BooleanDtype):
+        if keep.isna().any():
+            raise InputError(f"{path}: column 'keep' has missing values")
+        keep = keep.astype(bool)
+    if keep.dtype != bool:
+        raise InputError(f"{path}: column 'keep' must be boolean, got {keep.dtype}")
+    cell_ids = pd.Index(cell_ids).astype(str)
+    name = counts_path
+    missing = cell_ids.difference(table.index)
+    if len(missing):
+        raise InputError(
+            f"{path}: {len(missing)} cells of {name} are not listed (e.g. {missing[0]!r}); "
+            "expected one row per cell"
+        )
+    extra = table.index.difference(cell_ids)
+    if len(extra):
+        raise InputError(f"{path}: {len(extra)} cells are not in {name} (e.g. {extra[0]!r})")
+    return keep.reindex(cell_ids).to_numpy(dtype=bool)
+
+
+# --------------------------------------------------------------------------- pseudobulk
+
+#: obs columns of ``pseudobulk.h5ad`` that the de and predict stages read.
+SAMPLE_OBS = ("cell_type", "donor_id", "sex", "age")
+
+
+def validate_pseudobulk(adata: Any, path: str | os.PathLike[str]) -> None:
+    """Check that a pseudobulk AnnData holds what the de and predict stages read.
+
+    Parameters
+    ----------
+    adata
+        Pseudobulk samples: obs ``cell_type, donor_id, sex, age``, var
+        ``feature_name``, ``X`` summed raw counts.
+    path
+        The file, named in messages.
+
+    Raises
+    ------
+    InputError
+        Naming the missing column, the non-numeric age, duplicated samples or
+        values of ``X`` that are not counts.
+    """
+    for col in SAMPLE_OBS:
+        if col not in adata.obs.columns:
+            raise InputError(f"{path}: obs column {col!r} missing")
+    if "feature_name" not in adata.var.columns:
+        raise InputError(f"{path}: var column 'feature_name' missing")
+    if not pd.api.types.is_numeric_dtype(adata.obs["age"]):
+        raise InputError(f"{path}: obs column 'age' must be numeric years (NaN when unknown)")
+    pairs = adata.obs[["cell_type", "donor_id"]].astype(str)
+    if pairs.duplicated().any():
+        ct, donor = pairs[pairs.duplicated()].iloc[0]
+        raise InputError(f"{path}: more than one sample for cell type {ct!r} and donor {donor!r}")
+    values = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
+    check_counts(values, path, "X")
