@@ -18,7 +18,9 @@ from immune_aging.synthetic.design import Design
 _DENSE_RATE = 0.6
 
 
-def donor_profiles(design: Design, donor: int) -> np.ndarray:
+def donor_profiles(
+    design: Design, donor: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Return one donor's expected library share per (cell type, gene).
 
     Applies the donor's biological noise, planted age effects and sex genes to
@@ -31,16 +33,17 @@ def donor_profiles(design: Design, donor: int) -> np.ndarray:
         The simulation design.
     donor
         Donor index (row of ``design.donors``).
+    rng
+        The donor's random stream, unused so far; a new one by default.
+        :func:`simulate_donor` passes its own and draws the counts from it next.
 
     Returns
     -------
     numpy.ndarray
         Array of shape (cell types, genes).
     """
-    return _donor_profiles(design, donor, np.random.default_rng([design.seed, 2, donor]))
-
-
-def _donor_profiles(design: Design, donor: int, rng: np.random.Generator) -> np.ndarray:
+    if rng is None:
+        rng = _donor_rng(design, donor)
     row = design.donors.iloc[donor]
     z = rng.standard_normal(design.profile.shape)
     noise = np.exp(design.sigma * z - design.sigma**2 / 2)
@@ -69,8 +72,8 @@ def simulate_donor(design: Design, donor: int) -> sp.csr_matrix:
         float32 integer-valued counts, shape (donor's cells, genes), rows in the
         order of ``design.obs``, indices sorted, no duplicates.
     """
-    rng = np.random.default_rng([design.seed, 2, donor])
-    pi = _donor_profiles(design, donor, rng)
+    rng = _donor_rng(design, donor)
+    pi = donor_profiles(design, donor, rng)
     start, stop = design.donor_rows(donor)
     n, n_genes = stop - start, design.n_genes
     comp = np.arange(
@@ -121,10 +124,37 @@ def simulate_donor(design: Design, donor: int) -> sp.csr_matrix:
             shape=(len(cells), n_genes),
         )
         counts = counts + _scatter_rows(added, cells, n)
-    counts = sp.csr_matrix(counts, dtype=np.float32)
+    return h5ad_layout(sp.csr_matrix(counts, dtype=np.float32))
+
+
+def h5ad_layout(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """Give float32 CSR counts int32 column indices and int64 row pointers, in place.
+
+    Parameters
+    ----------
+    counts
+        Counts, CSR float32.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``counts``, with the index dtypes the h5ad writer stores.
+    """
     counts.indices = counts.indices.astype(np.int32, copy=False)
     counts.indptr = counts.indptr.astype(np.int64, copy=False)
     return counts
+
+
+def _donor_rng(design: Design, donor: int) -> np.random.Generator:
+    """Return a donor's own random stream (profiles, then counts)."""
+    return np.random.default_rng([design.seed, 2, donor])
+
+
+def _indptr(index: np.ndarray, n: int) -> np.ndarray:
+    """Return compressed pointers (int64, length ``n + 1``) of sorted entries' ``index``."""
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(index, minlength=n), out=indptr[1:])
+    return indptr
 
 
 def _scatter_rows(block: sp.csr_matrix, rows: np.ndarray, n: int) -> sp.csr_matrix:
@@ -169,10 +199,8 @@ def _sample_nb(
         scale = lib[:, None] * (pi[dense] / th)[None, :]
         block = rng.poisson(rng.gamma(np.broadcast_to(th, scale.shape), scale))
         r, c = np.nonzero(block)
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
         out = sp.csr_matrix(
-            (block[r, c].astype(np.float32), dense[c].astype(np.int32), indptr),
+            (block[r, c].astype(np.float32), dense[c].astype(np.int32), _indptr(r, n)),
             shape=(n, n_genes),
         )
     genes = np.repeat(sparse, rng.poisson(n * rate_max[sparse]))
@@ -185,9 +213,7 @@ def _sample_nb(
         keep = np.flatnonzero(rng.random(total) * lrate_max[genes] < lx)
         size = _logseries(x[keep], lx[keep], rng)
         # clumps are gene-major: a CSC matrix whose transpose to CSR sorts each row
-        gene = genes[keep]
-        indptr = np.zeros(n_genes + 1, dtype=np.int64)
-        np.cumsum(np.bincount(gene, minlength=n_genes), out=indptr[1:])
+        indptr = _indptr(genes[keep], n_genes)
         clumps = sp.csc_matrix(
             (size, cell[keep].astype(np.int32), indptr), shape=(n, n_genes)
         ).tocsr()

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from immune_aging.synthetic.design import Design, design_simulation
-from immune_aging.synthetic.sampling import simulate_donor
+from immune_aging.synthetic.sampling import h5ad_layout, simulate_donor
 from immune_aging.synthetic.truth import gene_set_library, truth
 
 log = logging.getLogger(__name__)
@@ -166,26 +166,16 @@ def _chunks(design: Design, chunk_cells: int, threads: int) -> Iterator[list[sp.
 def _stack(blocks: list[sp.csr_matrix]) -> sp.csr_matrix:
     if len(blocks) == 1:
         return blocks[0]
-    out = sp.vstack(blocks, format="csr", dtype=np.float32)
-    out.indptr = out.indptr.astype(np.int64, copy=False)
-    out.indices = out.indices.astype(np.int32, copy=False)
-    return out
+    return h5ad_layout(sp.vstack(blocks, format="csr", dtype=np.float32))
 
 
 def write_simulation(
     out_dir: str | os.PathLike[str],
     *,
-    seed: int,
-    n_donors: int,
-    n_cell_types: int,
-    cells_per_donor: int,
-    n_genes: int,
-    doublet_rate: float,
-    dying_rate: float,
-    rbc_rate: float,
     chunk_cells: int,
     uns: Mapping[str, Any] | None = None,
     threads: int = 1,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Simulate into a folder: ``dataset.h5ad``, ``genesets.gmt`` and ``truth.json``.
 
@@ -193,14 +183,16 @@ def write_simulation(
     ----------
     out_dir
         An existing folder (normally a temporary from :class:`immune_aging.io.Outputs`).
-    seed, n_donors, n_cell_types, cells_per_donor, n_genes, doublet_rate, dying_rate, rbc_rate
-        See :func:`design_simulation`.
     chunk_cells
         Cells simulated per write, see :func:`write_h5ad_incremental`.
     uns
         Unstructured metadata for the h5ad (e.g. provenance).
     threads
         Donors simulated in parallel; the files are the same for any value.
+    **settings
+        The arguments of :func:`~immune_aging.synthetic.design.design_simulation`
+        (``seed, n_donors, n_cell_types, cells_per_donor, n_genes, doublet_rate,
+        dying_rate, rbc_rate``).
 
     Returns
     -------
@@ -209,25 +201,13 @@ def write_simulation(
     """
     from immune_aging import io
 
-    design = design_simulation(
-        seed=seed,
-        n_donors=n_donors,
-        n_cell_types=n_cell_types,
-        cells_per_donor=cells_per_donor,
-        n_genes=n_genes,
-        doublet_rate=doublet_rate,
-        dying_rate=dying_rate,
-        rbc_rate=rbc_rate,
-    )
+    design = design_simulation(**settings)
     out = Path(out_dir)
     write_h5ad_incremental(
         design, out / "dataset.h5ad", chunk_cells=chunk_cells, uns=uns, threads=threads
     )
-    io.write_gmt(
-        gene_set_library(design),
-        out / "genesets.gmt",
-        descriptions={name: "simulated" for name in gene_set_library(design)},
-    )
+    sets = gene_set_library(design)
+    io.write_gmt(sets, out / "genesets.gmt", descriptions=dict.fromkeys(sets, "simulated"))
     t = truth(design)
     io.write_json(t, out / "truth.json")
     return {
