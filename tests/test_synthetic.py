@@ -104,7 +104,7 @@ def test_dying_cells_have_high_mitochondrial_share(design, adata):
 
 def test_rbc_contaminated_cells_exceed_5_percent_hemoglobin(design, adata):
     symbols = adata.var["feature_name"].astype(str)
-    hb = np.flatnonzero(symbols.isin(list(synthetic._HB_GENES)).to_numpy())
+    hb = np.flatnonzero(symbols.isin(list(synthetic.catalogue.HB_GENES)).to_numpy())
     share = _share(adata.X, hb)
     rbc = design.cell_state == 2
     assert rbc.sum() > 0
