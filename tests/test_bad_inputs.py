@@ -38,7 +38,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
-from tests.conftest import REPO, deep_merge, tiny_params, write_params
+from tests.builders import REPO, deep_merge, tiny_params, write_params
 
 from immune_aging import io, runlog, synthetic, validate
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from tests.conftest import REPO, tiny_params, write_params
+from tests.builders import REPO, tiny_params, write_params
 
 from immune_aging import io
 from immune_aging.params import as_dict, load_section

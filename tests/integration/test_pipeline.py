@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from tests.conftest import dvc
+from tests.builders import dvc
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import (
+from tests.builders import (
     VENV_BIN,
     cache_is_intact,
     clone_reproduced,
@@ -20,8 +20,8 @@ from tests.conftest import (
     project_env,
     ran_stages,
     run,
+    set_param,
 )
-from tests.integration.test_dvc_verbs import set_param
 
 pytestmark = pytest.mark.integration
 
