@@ -18,17 +18,17 @@ def test_each_stage_runs_its_own_module_with_its_own_params_section():
         assert stage_command(name)[1:3] == ["-m", f"immune_aging.stages.{name}"]
 
 
-def test_repro_data_then_nothing_to_do(project):
-    out = dvc(project, "repro", "data").stdout
-    assert "Running stage 'data'" in out
-    raw = project / "data" / "raw"
+def test_repro_data_then_nothing_to_do(reproduced, repro_output):
+    """The first ``dvc repro`` of a fresh project ran ``data``; a second does nothing."""
+    assert "Running stage 'data'" in repro_output
+    raw = reproduced / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == ["dataset.h5ad", "genesets.gmt", "truth.json"]
     truth = json.loads((raw / "truth.json").read_text())
     assert truth["n_donors"] == tiny_params()["data"]["synthetic"]["n_donors"]
-    again = dvc(project, "repro", "data").stdout
+    again = dvc(reproduced, "repro", "data").stdout
     assert "Running stage" not in again
     assert "up to date" in again or "didn't change" in again
-    assert "data" in dvc(project, "dag").stdout
+    assert "data" in dvc(reproduced, "dag").stdout
 
 
 def test_whole_pipeline_runs_and_is_up_to_date(reproduced):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.builders import (
+    OTHER_THREADS,
     VENV_BIN,
     cache_is_intact,
     clone_reproduced,
@@ -22,6 +23,7 @@ from tests.builders import (
     ran_stages,
     run,
     set_param,
+    stage_names,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,19 +34,22 @@ def repo(reproduced, tmp_path):
     return clone_reproduced(reproduced, tmp_path / "repo")
 
 
-def test_forced_rerun_is_byte_identical(repo):
-    lock = (repo / "dvc.lock").read_bytes()
-    dvc(repo, "repro", "-f")
-    assert (repo / "dvc.lock").read_bytes() == lock
+def test_forced_rerun_is_byte_identical(reproduced, rerun):
+    """``dvc repro -f`` on a copy of the reproduced project (the session's ``rerun``)."""
+    repo, out = rerun
+    assert ran_stages(out) == set(stage_names(repo)), out
+    assert (repo / "dvc.lock").read_bytes() == (reproduced / "dvc.lock").read_bytes()
     assert run(repo, "git", "status", "--porcelain").stdout == ""
 
 
-def test_thread_count_invalidates_nothing_and_agrees_scientifically(repo):
-    status = dvc(repo, "status", IMMUNE_AGING_THREADS="2").stdout
+def test_thread_count_invalidates_nothing_and_agrees_scientifically(reproduced, rerun_threads):
+    """The session's ``rerun_threads``: ``dvc repro -f`` at another thread count."""
+    repo, out = rerun_threads
+    status = dvc(reproduced, "status", IMMUNE_AGING_THREADS=OTHER_THREADS).stdout
     assert "up to date" in status
-    clusters = pd.read_parquet(repo / "data/cluster/clusters.parquet")
-    de = pd.read_parquet(repo / "data/de/results.parquet")
-    dvc(repo, "repro", "-f", IMMUNE_AGING_THREADS="2")
+    assert ran_stages(out) == set(stage_names(repo)), out
+    clusters = pd.read_parquet(reproduced / "data/cluster/clusters.parquet")
+    de = pd.read_parquet(reproduced / "data/de/results.parquet")
     clusters2 = pd.read_parquet(repo / "data/cluster/clusters.parquet")
     de2 = pd.read_parquet(repo / "data/de/results.parquet")
     # identical partitions (labels may only be renamed)
@@ -113,7 +118,7 @@ def _tmp_outputs(root: Path, folder: str) -> list[Path]:
     return [p for p in (root / folder).glob(".*.tmp-*")] if (root / folder).is_dir() else []
 
 
-def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo):
+def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo, idle_machine):
     """Kill the filter stage while it writes its h5ad; the next repro completes.
 
     An edit to code only ``filter`` uses makes it run again (a run DVC has not
