@@ -1,110 +1,161 @@
-"""Shared fixtures: tiny params, and temporary git+DVC repositories of this project."""
+"""Shared fixtures: temporary git+DVC repositories of this project on the tiny preset.
+
+The tiny pipeline runs under ``dvc repro`` once per session (``reproduced``), and
+again, forced, in two copies of it: at the same thread count (``rerun``) and at
+another one (``rerun_threads``). These runs are single-core work lasting tens of
+seconds, so they start in the background as the session starts, while the tests
+that do not need them run on the other core; those that do need them run last
+(see :func:`pytest_collection_modifyitems`), and wait for them if they must.
+
+The builders the fixtures use (and that tests import) are in :mod:`tests.builders`.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import subprocess
-import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from tests.builders import (  # noqa: F401  (names tests used to import from here)
+    OTHER_THREADS,
+    REPO,
+    THREADS,
+    TINY,
+    VENV_BIN,
+    cache_is_intact,
+    clone_reproduced,
+    deep_merge,
+    downstream,
+    dvc,
+    make_project,
+    pipeline_graph,
+    project_env,
+    ran_stages,
+    run,
+    tiny_params,
+    write_params,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-TINY = REPO / "tests" / "presets" / "tiny.yaml"
-#: what a temporary project copy holds (everything dvc.yaml and the stages need)
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", "src", "data/external")
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``over`` merged in, recursively."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def tiny_params(**sections: Mapping[str, Any]) -> dict[str, Any]:
-    """Return params.yaml merged with the tiny preset and any further overrides."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_merge(params, yaml.safe_load(TINY.read_text()))
-    return deep_merge(params, sections)
+#: The forced reruns of the reproduced project: fixture name -> thread count.
+RERUNS = {"rerun": THREADS, "rerun_threads": OTHER_THREADS}
 
 
-def write_params(path: Path, params: Mapping[str, Any]) -> Path:
-    """Write a params mapping as YAML."""
-    path.write_text(yaml.safe_dump(dict(params), sort_keys=False))
-    return path
+@dataclass
+class Background:
+    """The session's pipeline runs, each a future, and the processes they started."""
+
+    reproduced: Future[Path] | None = None
+    #: what ``dvc repro`` printed in the reproduced project
+    repro_output: str = ""
+    reruns: dict[str, Future[tuple[Path, str]]] = field(default_factory=dict)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed: bool = False
+
+    def dvc(self, root: Path, *args: str, **env: str) -> str:
+        """Run ``dvc`` in ``root`` as :func:`tests.builders.dvc` does; return its stdout."""
+        cmd = [str(VENV_BIN / "dvc"), *args]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the test session is over")
+            proc = subprocess.Popen(
+                cmd,
+                cwd=root,
+                env=project_env(root, **env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            self._procs.append(proc)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {proc.returncode} in {root}\n--- stdout\n{out}"
+                f"\n--- stderr\n{err}"
+            )
+        return out
+
+    def close(self) -> None:
+        """Stop whatever still runs (only when the session ends early)."""
+        with self._lock:
+            self._closed = True
+        for proc in self._procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    def wait(self) -> None:
+        """Wait until every background run has finished."""
+        for future in [self.reproduced, *self.reruns.values()]:
+            if future is not None:
+                future.exception()
 
 
-def project_env(root: Path, **extra: str) -> dict[str, str]:
-    """Environment for running dvc and stages in the project copy ``root``.
+def _uses(item: pytest.Item, names: object) -> bool:
+    return not set(getattr(item, "fixturenames", ())).isdisjoint(names)  # type: ignore[arg-type]
 
-    The copy's own ``src`` comes first on ``PYTHONPATH`` so that an edit there is
-    what runs (the editable install points at the main checkout).
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that need the background runs last, in the order they are ready.
+
+    First the tests that need none, then those that need ``reproduced``, then those
+    that need a forced rerun, and last those that want the machine to themselves
+    (``idle_machine``); the order within each group is kept.
     """
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(root / "src")
-    env["IMMUNE_AGING_LOG_DIR"] = str(root / "logs")
-    env.setdefault("IMMUNE_AGING_THREADS", "1")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env.pop(var, None)
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.org"
-    env.update(extra)
-    return env
+
+    def rank(item: pytest.Item) -> int:
+        if _uses(item, ["idle_machine"]):
+            return 3
+        if _uses(item, RERUNS):
+            return 2
+        return 1 if _uses(item, ["reproduced"]) else 0
+
+    items.sort(key=rank)
 
 
-def run(root: Path, *cmd: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """Run a command in ``root`` with :func:`project_env`; raise with its output on failure."""
-    proc = subprocess.run(
-        cmd, cwd=root, env=project_env(root, **env), capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}"
-            f"\n--- stderr\n{proc.stderr}"
-        )
-    return proc
+def _reproduce(background: Background, root: Path, clones: dict[str, Path]) -> Path:
+    make_project(root)
+    background.repro_output = background.dvc(root, "repro")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-q", "-m", "tiny pipeline reproduced")
+    for dest in clones.values():  # before any test may run dvc in ``root``
+        clone_reproduced(root, dest)
+    return root
 
 
-def dvc(root: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """Run ``dvc`` in the project copy ``root``."""
-    return run(root, str(VENV_BIN / "dvc"), *args, check=check, **env)
+def _forced_rerun(background: Background, root: Path, threads: str) -> tuple[Path, str]:
+    background.reproduced.result()  # type: ignore[union-attr]
+    return root, background.dvc(root, "repro", "-f", IMMUNE_AGING_THREADS=threads)
 
 
-def make_project(dest: Path, params: Mapping[str, Any] | None = None) -> Path:
-    """Create a git repository at ``dest`` holding this project on the tiny preset.
-
-    DVC is initialised with analytics off, a cache inside ``dest`` and a local
-    remote beside it (in ``.dvc/config.local``, so it is not committed); one
-    commit is made (``dvc exp`` needs one).
-    """
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    write_params(dest / "params.yaml", params or tiny_params())
-    run(dest, "git", "init", "-q", "-b", "main")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
-    dvc(dest, "config", "cache.type", "reflink,hardlink,copy")
-    remote = dest.parent / f"{dest.name}-remote"
-    dvc(dest, "remote", "add", "--local", "-d", "local", str(remote))
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "-q", "-m", "project on the tiny preset")
-    return dest
+@pytest.fixture(scope="session", autouse=True)
+def background(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Background]:
+    """Start the pipeline runs the selected tests need, in background threads."""
+    needed = set()
+    for item in request.session.items:
+        needed |= set(item.fixturenames) & {"reproduced", *RERUNS}
+    runs = Background()
+    pool = ThreadPoolExecutor(max_workers=1 + len(RERUNS), thread_name_prefix="pipeline")
+    if needed:
+        clones = {
+            name: tmp_path_factory.mktemp(name) / "project" for name in RERUNS if name in needed
+        }
+        root = tmp_path_factory.mktemp("reproduced") / "project"
+        runs.reproduced = pool.submit(_reproduce, runs, root, clones)
+        for name, dest in clones.items():
+            runs.reruns[name] = pool.submit(_forced_rerun, runs, dest, RERUNS[name])
+    yield runs
+    runs.close()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
@@ -114,83 +165,38 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reproduced(background: Background) -> Path:
     """A project copy where the whole tiny pipeline has run once and been committed.
 
     Read-only for tests: copy it with :func:`clone_reproduced` to change anything.
     """
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
-    dvc(root, "repro")
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-q", "-m", "tiny pipeline reproduced")
-    return root
+    assert background.reproduced is not None
+    return background.reproduced.result()
 
 
-def clone_reproduced(reproduced: Path, dest: Path) -> Path:
-    """Copy the reproduced project (work tree, .git and DVC cache) to ``dest``."""
-    shutil.copytree(reproduced, dest, symlinks=True)
-    remote = dest.parent / f"{dest.name}-remote"
-    dvc(dest, "remote", "modify", "--local", "local", "url", str(remote))
-    return dest
+@pytest.fixture(scope="session")
+def repro_output(background: Background, reproduced: Path) -> str:
+    """What the first ``dvc repro`` printed in ``reproduced``."""
+    return background.repro_output
 
 
-def ran_stages(output: str) -> set[str]:
-    """Return the stages a ``dvc repro`` / ``dvc exp run`` output says it ran."""
-    import re
+@pytest.fixture(scope="session")
+def rerun(background: Background, reproduced: Path) -> tuple[Path, str]:
+    """A copy of ``reproduced``, in another folder, after ``dvc repro -f``.
 
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
-
-
-def _paths(entries: list[Any]) -> list[str]:
-    out = []
-    for entry in entries or []:
-        out.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
-    return out
+    Every stage ran a second time there, on the same inputs and at the same thread
+    count. Returns the folder and the output of ``dvc repro -f``. Read-only for tests.
+    """
+    return background.reruns["rerun"].result()
 
 
-def pipeline_graph(root: Path) -> dict[str, set[str]]:
-    """Map each stage of ``root/dvc.yaml`` to the stages that read one of its outputs."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    outs = {
-        name: _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
-        for name, s in stages.items()
-    }
-    graph: dict[str, set[str]] = {name: set() for name in stages}
-    for reader, spec in stages.items():
-        for dep in _paths(spec.get("deps")):
-            for writer, paths in outs.items():
-                if any(
-                    dep == p
-                    or dep.startswith(p.rstrip("/") + "/")
-                    or p.startswith(dep.rstrip("/") + "/")
-                    for p in paths
-                ):
-                    graph[writer].add(reader)
-    return graph
+@pytest.fixture(scope="session")
+def rerun_threads(background: Background, reproduced: Path) -> tuple[Path, str]:
+    """Like ``rerun``, with another ``IMMUNE_AGING_THREADS`` (:data:`OTHER_THREADS`)."""
+    return background.reruns["rerun_threads"].result()
 
 
-def downstream(root: Path, stage: str) -> set[str]:
-    """Return ``stage`` and every stage that depends on it, transitively."""
-    graph = pipeline_graph(root)
-    seen, todo = {stage}, [stage]
-    while todo:
-        for nxt in graph[todo.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
-
-
-def cache_is_intact(root: Path) -> list[str]:
-    """Return the DVC cache objects whose content does not match their md5 name."""
-    import hashlib
-
-    bad = []
-    files = root / ".dvc" / "cache" / "files" / "md5"
-    for obj in files.rglob("*"):
-        if not obj.is_file() or obj.suffix in (".tmp", ".lock"):
-            continue
-        digest = hashlib.md5(obj.read_bytes()).hexdigest()
-        if digest != obj.parent.name + obj.name.removesuffix(".dir"):
-            bad.append(str(obj.relative_to(root)))
-    return bad
+@pytest.fixture
+def idle_machine(background: Background) -> None:
+    """Wait until no background run is left (for a test sensitive to timing)."""
+    background.wait()

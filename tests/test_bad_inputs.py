@@ -9,8 +9,8 @@ neither its outputs nor a temporary file behind. ``docs/bad-inputs.md`` lists
 the cases with the lines printed.
 
 The stage processes start in parallel (each one spends seconds importing the
-scientific stack); a module fixture runs the selected cases and each test checks
-one of them.
+scientific stack); a module fixture runs the selected cases, with
+:func:`tests.builders.run_stage`, and each test checks one of them.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import datetime
 import http.server
 import ipaddress
 import json
-import os
 import re
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,40 +35,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import yaml
-from tests.conftest import REPO, deep_merge, tiny_params, write_params
+from tests.builders import (
+    REPO,
+    command_outputs,
+    deep_merge,
+    run_stage,
+    tiny_dataset,
+    tiny_params,
+    write_params,
+)
 
-from immune_aging import io, runlog, synthetic, validate
+from immune_aging import io, runlog, validate
 
-#: Command lines of the stages, as in dvc.yaml (relative to the case folder).
-STAGE_ARGS = {
-    "data": (
-        "--external data/external --download-cache data/.download --out data/raw "
-        "--metrics metrics/data.json"
-    ),
-    "filter": (
-        "--input data/raw/dataset.h5ad --out data/filter/filtered.h5ad "
-        "--metrics metrics/filter.json --plots plots/filter"
-    ),
-    "pseudobulk": (
-        "--filtered data/filter/filtered.h5ad --cells data/qc/cells.parquet "
-        "--out data/pseudobulk/pseudobulk.h5ad --metrics metrics/pseudobulk.json "
-        "--plots plots/pseudobulk"
-    ),
-    "genesets": (
-        "--allowed data/raw data/external --cache data/external/genesets "
-        "--out data/genesets/genesets.gmt --metrics metrics/genesets.json"
-    ),
-    "de": (
-        "--input data/pseudobulk/pseudobulk.h5ad --out data/de/results.parquet "
-        "--metrics metrics/de.json --plots plots/de"
-    ),
-    "gsea": (
-        "--de data/de/results.parquet --genesets data/genesets/genesets.gmt "
-        "--out data/gsea/results.parquet --metrics metrics/gsea.json --plots plots/gsea"
-    ),
-}
-OUTPUT_OPTIONS = ("--out", "--metrics", "--plots")
 EXTERNAL = "data/external/dataset.h5ad"
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -82,14 +58,13 @@ PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_pro
 class Kit:
     """What case set-ups draw on: the tiny dataset, the HTTPS server, a closed port."""
 
-    dataset: ad.AnnData
     server: str
     cert: Path
     closed_port: int
 
     def data(self) -> ad.AnnData:
         """Return a fresh copy of the tiny simulated dataset (raw counts in X)."""
-        return self.dataset.copy()
+        return tiny_dataset()
 
 
 def write_h5ad(adata: ad.AnnData, path: Path) -> None:
@@ -643,10 +618,7 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
-    """The tiny simulated dataset and a local HTTPS server trusted via SSL_CERT_FILE."""
-    sim = tiny_params()["data"]["synthetic"]
-    design = synthetic.design_simulation(**{k: v for k, v in sim.items() if k != "chunk_cells"})
-    dataset = synthetic.simulate(design)
+    """A local HTTPS server trusted via SSL_CERT_FILE, and a closed port."""
     cert, key = _certificate(tmp_path_factory.mktemp("tls"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -656,7 +628,6 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
     thread.start()
     try:
         yield Kit(
-            dataset=dataset,
             server=f"https://127.0.0.1:{server.server_address[1]}",
             cert=cert,
             closed_port=_closed_port(),
@@ -675,8 +646,8 @@ def _substitute(value: Any, kit: Kit) -> Any:
     return value
 
 
-def prepare(case: Case, root: Path, kit: Kit) -> list[str]:
-    """Create the case's folder (params and inputs); return its command line."""
+def prepare(case: Case, root: Path, kit: Kit) -> None:
+    """Create the case's folder: params.yaml and inputs."""
     (root / "data/external").mkdir(parents=True)
     params = deep_merge(tiny_params(), _substitute(case.params, kit))
     if case.drop:
@@ -685,20 +656,13 @@ def prepare(case: Case, root: Path, kit: Kit) -> list[str]:
     write_params(root / "params.yaml", params)
     if case.setup is not None:
         case.setup(root, kit)
-    return [
-        sys.executable,
-        "-m",
-        f"immune_aging.stages.{case.stage}",
-        *STAGE_ARGS[case.stage].split(),
-    ]
 
 
-def environment(case: Case, root: Path, kit: Kit) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+def environment(case: Case, kit: Kit) -> dict[str, str | None]:
+    """What the case's stage process gets on top of the project environment."""
+    env: dict[str, str | None] = dict.fromkeys(PROXY_VARS)
     env.update(
-        IMMUNE_AGING_LOG_DIR=str(root / "logs"),
         IMMUNE_AGING_THREADS="1",
-        PYTHONPATH=str(REPO / "src"),
         SSL_CERT_FILE=str(kit.cert),
         no_proxy="127.0.0.1,localhost",
     )
@@ -706,15 +670,9 @@ def environment(case: Case, root: Path, kit: Kit) -> dict[str, str]:
     return env
 
 
-def outputs(command: list[str]) -> list[str]:
-    """The paths a command line names after --out, --metrics and --plots."""
-    return [command[i + 1] for i, arg in enumerate(command) if arg in OUTPUT_OPTIONS]
-
-
 @dataclass
 class Outcome:
     root: Path
-    command: list[str]
     proc: subprocess.CompletedProcess
 
 
@@ -732,14 +690,13 @@ def outcomes(
     jobs = []
     for case in cases:  # inputs are written one at a time (h5py is not thread-safe)
         root = tmp_path_factory.mktemp(case.id)
-        jobs.append((case, root, prepare(case, root, kit), environment(case, root, kit)))
+        prepare(case, root, kit)
+        jobs.append((case, root))
 
-    def run(job: tuple[Case, Path, list[str], dict[str, str]]) -> Outcome:
-        _, root, command, env = job
-        proc = subprocess.run(
-            command, cwd=root, env=env, capture_output=True, text=True, timeout=300
-        )
-        return Outcome(root, command, proc)
+    def run(job: tuple[Case, Path]) -> Outcome:
+        case, root = job
+        env = environment(case, kit)
+        return Outcome(root, run_stage(case.stage, root, params=False, env=env, timeout=300))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return {job[0].id: out for job, out in zip(jobs, pool.map(run, jobs), strict=True)}
@@ -765,7 +722,7 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(
     assert len(errors) == 1, stderr
     assert expected_line(case, kit).fullmatch(errors[0]), errors[0]
     assert out.proc.returncode == case.exit_status, stderr
-    for path in outputs(out.command):
+    for path in command_outputs(out.proc.args):
         assert not (out.root / path).exists(), f"{path} written"
     assert stray_temporaries(out.root) == []
     (record,) = runlog.read_records(out.root / "logs" / "runs.jsonl")
@@ -793,10 +750,3 @@ def test_catalogue_lists_every_case():
     text = (REPO / "docs" / "bad-inputs.md").read_text()
     rows = set(re.findall(r"^\| `([\w-]+)` \|", text, flags=re.MULTILINE))
     assert rows == {c.id for c in [*CASES, SKIPPED_BUT_RUNS]}
-
-
-def test_stage_command_lines_match_dvc_yaml():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, args in STAGE_ARGS.items():
-        cmd = " ".join(stages[name]["cmd"].split())
-        assert cmd == f"python -m immune_aging.stages.{name} {args}", name

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
-from tests.conftest import tiny_params, write_params
+from tests.builders import tiny_params, write_params
 
 from immune_aging import io
 from immune_aging.analysis import cluster

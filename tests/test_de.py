@@ -9,70 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
 from immune_aging import counts, io, names
 from immune_aging.analysis import de
 from immune_aging.errors import InputError
 from immune_aging.stages import de as de_stage
 
-CT = "central memory CD4-positive, alpha-beta T cell"
-DE_PARAMS = "de: {alpha: 0.05, min_total_count: 10, min_donors: 6}\n"
-
-
-def make_pseudobulk(
-    n_donors: int = 10,
-    n_genes: int = 30,
-    *,
-    seed: int = 0,
-    effect: float = 1.0,
-    unknown_age: int = 0,
-    extra: bool = True,
-) -> ad.AnnData:
-    """Pseudobulk of one cell type with gene 0 up and gene 1 down with age.
-
-    ``effect`` is log2 fold change per decade. With ``extra``, a cell type with a
-    single donor and an unused category ("empty") are added.
-    """
-    rng = np.random.default_rng(seed)
-    age = np.linspace(22, 85, n_donors)
-    sex = np.array(["female", "male"] * (n_donors // 2) + ["female"] * (n_donors % 2))
-    base = rng.uniform(50, 400, n_genes)
-    lfc = np.zeros(n_genes)
-    lfc[0], lfc[1] = effect, -effect
-    mu = base[None, :] * 2 ** (lfc[None, :] * (age[:, None] - 50) / 10)
-    counts = rng.negative_binomial(20, 20 / (20 + mu)).astype(np.float32)
-    cts = [CT] * n_donors
-    donors = [f"D{i}" for i in range(n_donors)]
-    ages = age.copy()
-    ages[:unknown_age] = np.nan
-    sexes = list(sex)
-    categories = [CT, "empty", "natural killer cell"] if extra else [CT]
-    if extra:
-        counts = np.vstack([counts, rng.poisson(100, (1, n_genes)).astype(np.float32)])
-        cts.append("natural killer cell")
-        donors.append("D0")
-        ages = np.append(ages, 40.0)
-        sexes.append("male")
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical(cts, categories=categories),
-            "donor_id": pd.Categorical(donors),
-            "n_cells": 20,
-            "sex": pd.Categorical(sexes),
-            "development_stage": [f"{a}-year-old stage" for a in range(len(cts))],
-            "age": ages,
-        },
-        index=[f"{c}|{d}" for c, d in zip(cts, donors, strict=True)],
-    )
-    var = pd.DataFrame(
-        {"feature_name": [f"GENE{i}" for i in range(n_genes)]},
-        index=[f"ENSG{i:011d}" for i in range(n_genes)],
-    )
-    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+DE_PARAMS = {"alpha": 0.05, "min_total_count": 10, "min_donors": 6}
 
 
 def run(adata, **kw):
-    opts = {"alpha": 0.05, "min_total_count": 10, "min_donors": 6} | kw
+    opts = DE_PARAMS | kw
     return de.differential_expression(adata, **opts)
 
 
@@ -210,7 +158,7 @@ def test_slugs_are_safe_and_unique():
 def stage_env(tmp_path, monkeypatch):
     monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("IMMUNE_AGING_THREADS", "1")
-    (tmp_path / "params.yaml").write_text(DE_PARAMS)
+    write_params(tmp_path / "params.yaml", tiny_params(de=DE_PARAMS))
     return tmp_path
 
 

@@ -6,7 +6,7 @@ import harmonypy
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import tiny_params, write_params
+from tests.builders import tiny_params, write_params
 
 from immune_aging import io
 from immune_aging.analysis import dimred, plots

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import REPO, tiny_params, write_params
+from tests.builders import REPO, tiny_params, write_params
 
 from immune_aging.errors import ParamsError
 from immune_aging.params import SECTIONS, as_dict, load_all, load_section, parse_section

@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tests.test_de import CT, make_pseudobulk
+from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
 from immune_aging import io
 from immune_aging.analysis import predict
 from immune_aging.stages import predict as predict_stage
 
-PREDICT_PARAMS = "predict: {C: 1.0, n_splits: 3, test_size: 0.25, seed: 42, n_top_genes: 20}\n"
 OPTS = {"C": 1.0, "n_splits": 3, "test_size": 0.25, "seed": 42, "n_top_genes": 20}
 
 
@@ -87,7 +86,7 @@ def test_input_is_not_modified():
 @pytest.fixture
 def stage_env(tmp_path, monkeypatch):
     monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
-    (tmp_path / "params.yaml").write_text(PREDICT_PARAMS)
+    write_params(tmp_path / "params.yaml", tiny_params(predict=OPTS))
     io.write_h5ad(make_pseudobulk(24), tmp_path / "pb.h5ad")
     return tmp_path
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
-from tests.conftest import tiny_params, write_params
+from tests.builders import tiny_params, write_params
 
 from immune_aging import io
 from immune_aging.analysis import hvg, preprocess

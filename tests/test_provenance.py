@@ -1,8 +1,8 @@
 """Provenance of every h5ad a stage writes, and byte-identical reruns.
 
-The stages that write h5ad files (and qc, which preprocess and pseudobulk read)
-run as a user would, with the command lines of ``dvc.yaml`` on the tiny preset,
-twice: in two different folders at the same time. Each h5ad must carry
+The tiny pipeline has run twice under ``dvc repro``, as a user runs it: once in
+the session's ``reproduced`` project and again, forced (``dvc repro -f``), in a
+copy of it in another folder (the session's ``rerun``). Each h5ad must carry
 ``uns['provenance']`` with the stage, its params section, package versions and
 the SHA-256 of its inputs, and nothing volatile (no time, host, git revision or
 folder of the run); both runs must give byte-identical files.
@@ -11,13 +11,9 @@ folder of the run); both runs must give byte-identical files.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,100 +21,53 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from tests.conftest import REPO, tiny_params, write_params
+from tests.builders import (
+    dvc_stages,
+    entry_paths,
+    output_files,
+    pipeline_inputs,
+    stage_outputs,
+)
 
 from immune_aging import io, provenance
 from immune_aging.params import as_dict, load_section
 
-#: (stage, arguments) in pipeline order, as in dvc.yaml.
-CHAIN = [
-    (
-        "data",
-        "--external data/external --download-cache data/.download --out data/raw "
-        "--metrics metrics/data.json",
-    ),
-    (
-        "filter",
-        "--input data/raw/dataset.h5ad --out data/filter/filtered.h5ad "
-        "--metrics metrics/filter.json --plots plots/filter",
-    ),
-    (
-        "qc",
-        "--input data/filter/filtered.h5ad --out data/qc/cells.parquet "
-        "--metrics metrics/qc.json --plots plots/qc",
-    ),
-    (
-        "preprocess",
-        "--input data/filter/filtered.h5ad --cells data/qc/cells.parquet "
-        "--out data/preprocess/pca.h5ad --metrics metrics/preprocess.json "
-        "--plots plots/preprocess",
-    ),
-    (
-        "pseudobulk",
-        "--filtered data/filter/filtered.h5ad --cells data/qc/cells.parquet "
-        "--out data/pseudobulk/pseudobulk.h5ad --metrics metrics/pseudobulk.json "
-        "--plots plots/pseudobulk",
-    ),
-    (
-        "dimred",
-        "--input data/preprocess/pca.h5ad --out data/dimred/embedding.h5ad "
-        "--metrics metrics/dimred.json --plots plots/dimred",
-    ),
-]
-#: The h5ad each stage writes, and the inputs its provenance must list.
-H5AD = {
-    "data": ("data/raw/dataset.h5ad", []),
-    "filter": ("data/filter/filtered.h5ad", ["data/raw/dataset.h5ad"]),
-    "preprocess": (
-        "data/preprocess/pca.h5ad",
-        ["data/filter/filtered.h5ad", "data/qc/cells.parquet"],
-    ),
-    "dimred": ("data/dimred/embedding.h5ad", ["data/preprocess/pca.h5ad"]),
-    "pseudobulk": (
-        "data/pseudobulk/pseudobulk.h5ad",
-        ["data/filter/filtered.h5ad", "data/qc/cells.parquet"],
-    ),
-}
+pytestmark = pytest.mark.integration
+
+
+def h5ad_checkpoints() -> dict[str, tuple[str, str]]:
+    """Every h5ad file dvc.yaml names, with the stage writing it: ``{path: (stage, out)}``."""
+    stages = dvc_stages()
+    named = {
+        path
+        for spec in stages.values()
+        for key in ("deps", "outs")
+        for path in entry_paths(spec.get(key))
+        if path.endswith(".h5ad")
+    }
+    writers = {}
+    for path in sorted(named):
+        for stage in stages:
+            for out in stage_outputs(stage):
+                if path == out or path.startswith(out.rstrip("/") + "/"):
+                    writers[path] = (stage, out)
+    assert sorted(writers) == sorted(named), "an h5ad that no stage writes"
+    return writers
+
+
+#: The h5ad each stage writes, and the inputs its provenance must list (its deps that
+#: another stage writes), by stage.
+H5AD = {stage: (path, pipeline_inputs(stage)) for path, (stage, _) in h5ad_checkpoints().items()}
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 #: a full git revision (not part of a longer hex string such as a SHA-256), or a
 #: version with a git suffix (``1.0.dev3+g1a2b3c4``)
 GIT_REVISION = re.compile(r"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])|\+g[0-9a-f]{7,}")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def run_chain(root: Path) -> None:
-    """Create a project folder at ``root`` and run the stages of :data:`CHAIN` there."""
-    (root / "data/external").mkdir(parents=True)
-    write_params(root / "params.yaml", tiny_params())
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    env.update(
-        IMMUNE_AGING_LOG_DIR=str(root / "logs"),
-        IMMUNE_AGING_THREADS="1",
-        PYTHONPATH=str(REPO / "src"),
-    )
-    for stage, args in CHAIN:
-        proc = subprocess.run(
-            [sys.executable, "-m", f"immune_aging.stages.{stage}", *args.split()],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode != 0:
-            raise AssertionError(f"{stage} exited {proc.returncode} in {root}\n{proc.stderr}")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two runs of the chain in different folders (same relative layout)."""
-    roots = (
-        tmp_path_factory.mktemp("first") / "project",
-        tmp_path_factory.mktemp("second") / "project",
-    )
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(run_chain, roots))
-    return roots
+def runs(reproduced: Path, rerun: tuple[Path, str]) -> tuple[Path, Path]:
+    """The two runs of the tiny pipeline, in different folders (same relative layout)."""
+    return reproduced, rerun[0]
 
 
 def read_uns(path: Path) -> dict[str, Any]:
@@ -143,6 +92,11 @@ def strings(value: Any, where: str = "uns") -> Iterator[tuple[str, str]]:
     elif isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
         for i, item in enumerate(value.ravel()):
             yield from strings(item, f"{where}[{i}]")
+
+
+def test_every_h5ad_written_is_a_checkpoint_named_in_dvc_yaml(runs):
+    written = {name for name in output_files(runs[0]) if name.endswith(".h5ad")}
+    assert written == {path for path, _ in H5AD.values()}
 
 
 @pytest.mark.parametrize("stage", list(H5AD))
@@ -186,12 +140,13 @@ def test_every_output_of_the_two_runs_is_byte_identical(runs):
     def files(root: Path) -> dict[str, bytes]:
         return {
             str(p.relative_to(root)): p.read_bytes()
-            for folder in ("data", "metrics", "plots")
+            for folder in ("data", "metrics", "plots", "reports")
             for p in sorted((root / folder).rglob("*"))
             if p.is_file()
         }
 
     first, second = (files(root) for root in runs)
+    assert set(output_files(runs[0])) <= set(first)
     assert sorted(first) == sorted(second)
     differ = [name for name in first if first[name] != second[name]]
     assert differ == []

@@ -13,47 +13,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import (
+from tests.builders import (
     VENV_BIN,
     cache_is_intact,
     clone_reproduced,
     downstream,
     dvc,
+    output_files,
     ran_stages,
     run,
+    set_param,
+    stage_names,
+    stage_outputs,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def set_param(root: Path, dotted: str, value) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    *parents, key = dotted.split(".")
-    node = params
-    for p in parents:
-        node = node[p]
-    node[key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def output_paths(root: Path) -> list[Path]:
     """The outputs (outs and metrics) every stage of ``dvc.yaml`` declares."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    paths = []
-    for spec in stages.values():
-        for entry in spec.get("outs", []) + spec.get("metrics", []):
-            paths.append(root / (next(iter(entry)) if isinstance(entry, dict) else entry))
-    return paths
-
-
-def output_bytes(root: Path) -> dict[str, bytes]:
-    """Every DVC-tracked output file of the workspace, by relative path."""
-    out = {}
-    for path in output_paths(root):
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            out[str(f.relative_to(root))] = f.read_bytes()
-    return out
+    return [root / path for name in stage_names(root) for path in stage_outputs(name, root)]
 
 
 def remove_outputs_and_cache(root: Path) -> None:
@@ -67,7 +46,7 @@ def remove_outputs_and_cache(root: Path) -> None:
 
 
 def assert_same_outputs(root: Path, before: dict[str, bytes]) -> None:
-    after = output_bytes(root)
+    after = output_files(root)
     assert sorted(after) == sorted(before)
     assert [k for k in before if after[k] != before[k]] == []
 
@@ -115,7 +94,7 @@ def test_metrics_params_plots_diff_after_a_change(repo, tmp_path):
 
 
 def test_run_cache_restores_a_previous_run_without_recomputing(repo):
-    before = output_bytes(repo)
+    before = output_files(repo)
     set_param(repo, "cluster.resolution", 0.5)
     first = dvc(repo, "repro").stdout
     assert "cluster" in ran_stages(first)
@@ -146,7 +125,7 @@ def test_queued_sweep_runs_without_corrupting_the_cache(repo):
 
 
 def test_local_remote_round_trip(repo):
-    before = output_bytes(repo)
+    before = output_files(repo)
     dvc(repo, "push")
     remove_outputs_and_cache(repo)
     dvc(repo, "pull")
@@ -210,7 +189,7 @@ def s3_server():
 
 
 def test_s3_remote_round_trip(repo, s3_server):
-    before = output_bytes(repo)
+    before = output_files(repo)
     dvc(repo, "remote", "add", "--local", "s3", "s3://immune-aging/store")
     dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", s3_server)
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -11,17 +11,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import (
+from tests.builders import (
+    OTHER_THREADS,
     VENV_BIN,
     cache_is_intact,
     clone_reproduced,
     downstream,
     dvc,
+    dvc_stages,
     project_env,
     ran_stages,
     run,
+    set_param,
+    stage_names,
 )
-from tests.integration.test_dvc_verbs import set_param
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +34,22 @@ def repo(reproduced, tmp_path):
     return clone_reproduced(reproduced, tmp_path / "repo")
 
 
-def test_forced_rerun_is_byte_identical(repo):
-    lock = (repo / "dvc.lock").read_bytes()
-    dvc(repo, "repro", "-f")
-    assert (repo / "dvc.lock").read_bytes() == lock
+def test_forced_rerun_is_byte_identical(reproduced, rerun):
+    """``dvc repro -f`` on a copy of the reproduced project (the session's ``rerun``)."""
+    repo, out = rerun
+    assert ran_stages(out) == set(stage_names(repo)), out
+    assert (repo / "dvc.lock").read_bytes() == (reproduced / "dvc.lock").read_bytes()
     assert run(repo, "git", "status", "--porcelain").stdout == ""
 
 
-def test_thread_count_invalidates_nothing_and_agrees_scientifically(repo):
-    status = dvc(repo, "status", IMMUNE_AGING_THREADS="2").stdout
+def test_thread_count_invalidates_nothing_and_agrees_scientifically(reproduced, rerun_threads):
+    """The session's ``rerun_threads``: ``dvc repro -f`` at another thread count."""
+    repo, out = rerun_threads
+    status = dvc(reproduced, "status", IMMUNE_AGING_THREADS=OTHER_THREADS).stdout
     assert "up to date" in status
-    clusters = pd.read_parquet(repo / "data/cluster/clusters.parquet")
-    de = pd.read_parquet(repo / "data/de/results.parquet")
-    dvc(repo, "repro", "-f", IMMUNE_AGING_THREADS="2")
+    assert ran_stages(out) == set(stage_names(repo)), out
+    clusters = pd.read_parquet(reproduced / "data/cluster/clusters.parquet")
+    de = pd.read_parquet(reproduced / "data/de/results.parquet")
     clusters2 = pd.read_parquet(repo / "data/cluster/clusters.parquet")
     de2 = pd.read_parquet(repo / "data/de/results.parquet")
     # identical partitions (labels may only be renamed)
@@ -99,13 +105,26 @@ def test_docs_and_tests_edits_rerun_nothing(repo):
     assert ran_stages(dvc(repo, "repro").stdout) == set()
 
 
+def edit_code_only(repo: Path, stage: str) -> None:
+    """Append a comment to a source file of ``stage`` that no other stage depends on."""
+    stages = dvc_stages(repo)
+    others = {d for name, spec in stages.items() if name != stage for d in spec["deps"]}
+    (target, *_) = [d for d in stages[stage]["deps"] if d.startswith("src/") and d not in others]
+    with (repo / target).open("a") as f:
+        f.write("\n# an edit\n")
+
+
 def _tmp_outputs(root: Path, folder: str) -> list[Path]:
     return [p for p in (root / folder).glob(".*.tmp-*")] if (root / folder).is_dir() else []
 
 
-def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo):
-    """Kill the filter stage while it writes its h5ad; the next repro completes."""
-    set_param(repo, "filter.cutoff_percentile", 2.0)
+def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo, idle_machine):
+    """Kill the filter stage while it writes its h5ad; the next repro completes.
+
+    An edit to code only ``filter`` uses makes it run again (a run DVC has not
+    cached); its output is the recorded one, so nothing downstream reruns.
+    """
+    edit_code_only(repo, "filter")
     env = project_env(repo)
     proc = subprocess.Popen(
         [str(VENV_BIN / "dvc"), "repro", "filter"],
@@ -130,6 +149,7 @@ def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo):
     assert "filter" in dvc(repo, "status").stdout
     out = dvc(repo, "repro").stdout
     assert "filter" in ran_stages(out)
+    assert ran_stages(out) == {"filter"}, out
     assert final.is_file() and not _tmp_outputs(repo, "data/filter")
     assert "up to date" in dvc(repo, "status").stdout
     assert cache_is_intact(repo) == []
