@@ -16,7 +16,17 @@ import pandas as pd
 import pytest
 
 from immune_aging import io
-from immune_aging.report import build, captions, collect
+from immune_aging.report import (
+    build_report,
+    captions,
+    collect,
+    config,
+    goals,
+    markup,
+    recorded,
+    tables,
+    top,
+)
 from immune_aging.stages import report as report_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +144,7 @@ def make_results(root: Path) -> dict[str, Path]:
 
 
 def argv(root: Path, out: Path) -> list[str]:
-    stages = [s.name for s in build.STAGES]
+    stages = [s.name for s in config.STAGES]
     return [
         "--params",
         str(root / "params.yaml"),
@@ -174,7 +184,7 @@ def page(results, tmp_path):
 
 def test_every_stage_has_a_section_in_pipeline_order(page):
     ids = re.findall(r'<section id="([^"]+)"', page)
-    assert ids == ["overview", *[f"stage-{s.name}" for s in build.STAGES], "provenance"]
+    assert ids == ["overview", *[f"stage-{s.name}" for s in config.STAGES], "provenance"]
     toc = re.search(r'<nav class="toc">(.*?)</nav>', page, flags=re.S).group(1)
     assert re.findall(r'href="#([^"]+)"', toc) == ids
 
@@ -238,7 +248,7 @@ def test_missing_inputs_say_not_run(tmp_path, monkeypatch):
     out = tmp_path / "r.html"
     assert report_stage.main(argv(root, out)) == 0
     page = out.read_text()
-    for stage in build.STAGES:
+    for stage in config.STAGES:
         section = re.search(rf'<section id="stage-{stage.name}">(.*?)</section>', page, re.S)
         assert "not run" in section.group(1), stage.name
     assert "<img" not in page
@@ -279,7 +289,7 @@ def test_de_per_decade_from_age_sd():
             "padj": 0.01,
         }
     )
-    out = build.render_top_de(de, top_n=5, alpha=0.05, age_sd={"T": 20.0})
+    out = top.render_top_de(de, top_n=5, alpha=0.05, age_sd={"T": 20.0})
     t_block = out[out.index('id="de-t"') :]
     b_block = out[out.index('id="de-b"') : out.index('id="de-t"')]
     assert '<th class="num">per decade</th>' in t_block
@@ -299,9 +309,70 @@ def test_top_n_limits_rows():
             "padj": [0.5, 0.1, 0.2, 0.3, 0.4],
         }
     )
-    out = build.render_top_de(de, top_n=2, alpha=0.05)
+    out = top.render_top_de(de, top_n=2, alpha=0.05)
     assert re.findall(r"<td title=\"E\d\">(G\d)</td>", out) == ["G1", "G2"]
     assert "No gene tested in this direction." in out
+
+
+def test_cutoffs_come_from_the_run():
+    inputs = collect.ReportInputs(
+        params={"de": {"alpha": 0.1}, "gsea": {"fdr": 0.2}, "evaluate": {"alpha": 0.3}},
+        metrics={"de": {"alpha": 0.01}, "ora": {"padj": 0.02}},
+    )
+    assert recorded.cutoff(inputs, "de") == 0.01  # the stage's metrics first
+    assert recorded.cutoff(inputs, "gsea") == 0.2  # else its params
+    assert recorded.cutoff(inputs, "ora") == 0.02
+    assert recorded.cutoff(inputs, "evaluate") == 0.3
+    assert recorded.cutoff(collect.ReportInputs(), "de") is None  # never a guess
+
+
+def test_top_tables_use_the_given_cutoff_or_say_there_is_none():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T", "T"],
+            "gene_id": ["E1", "E2"],
+            "gene": ["G1", "G2"],
+            "baseMean": 1.0,
+            "log2FoldChange": [0.4, -0.4],
+            "pvalue": [0.001, 0.02],
+            "padj": [0.005, 0.03],
+        }
+    )
+    strict = top.render_top_de(de, top_n=5, alpha=0.01)
+    assert "1 up and 0 down at padj &lt; 0.01" in strict
+    assert strict.count('class="dim"') == 1
+    unknown = top.render_top_de(de, top_n=5, alpha=None)
+    assert "No padj cut-off is recorded for this run (de.alpha)" in unknown
+    assert "no significance cut-off recorded" in unknown and 'class="dim"' not in unknown
+    gsea = pd.DataFrame(
+        {
+            "cell_type": ["T", "T"],
+            "term": ["S1", "S2"],
+            "nes": [2.0, -1.5],
+            "pval": [0.001, 0.01],
+            "fdr": [0.01, 0.04],
+            "lead_genes": ["G1", "G2"],
+        }
+    )
+    out = top.render_top_sets(gsea, top.GSEA, top_n=5, cut=0.02)
+    assert "1 up and 0 down at FDR &lt; 0.02" in out and out.count('class="dim"') == 1
+    out = top.render_top_sets(gsea, top.GSEA, top_n=5, cut=None)
+    assert "No FDR cut-off is recorded for this run (gsea.fdr)" in out
+    assert 'class="dim"' not in out
+    ora = pd.DataFrame(
+        {
+            "cell_type": ["T", "T", "T"],
+            "direction": ["down", "up", "up"],
+            "term": ["S3", "S2", "S1"],
+            "overlap": ["1/10", "2/10", "3/10"],
+            "pval": [0.01, 0.02, 0.001],
+            "padj": [0.03, 0.04, 0.004],
+            "genes": ["G2", "G1", "G1;G3"],
+        }
+    )
+    out = top.render_top_sets(ora, top.ORA, top_n=5, cut=0.035)
+    assert out.index("up genes") < out.index("S1") < out.index("S2") < out.index("down genes")
+    assert out.count('class="dim"') == 1 and "padj \N{GREATER-THAN OR EQUAL TO} 0.035" in out
 
 
 # --------------------------------------------------------------------------- pieces
@@ -310,7 +381,7 @@ def test_top_n_limits_rows():
 def test_check_goals():
     results = {
         r.goal.name: r
-        for r in build.check_goals(
+        for r in goals.check_goals(
             {
                 "de.recall": 0.8,
                 "de.fdr": 0.2,
@@ -333,37 +404,37 @@ def test_check_goals():
 
 
 def test_check_goals_accepts_nested_metrics():
-    (recall, *_) = build.check_goals({"de": {"recall": 0.9}})
+    (recall, *_) = goals.check_goals({"de": {"recall": 0.9}})
     assert recall.status == "met" and recall.value == 0.9
 
 
 def test_no_truth_says_so():
-    html_text = build._goals_intro({"de.recall": None, "de.fdr": None})
+    html_text = goals.goals_intro({"de.recall": None, "de.fdr": None})
     assert "No ground truth" in html_text
 
 
 def test_format_value():
-    assert build.format_value(None) == "null"
-    assert build.format_value(float("nan")) == "null"
-    assert build.format_value(True) == "true"
-    assert build.format_value(12) == "12"
-    assert build.format_value(26297) == "26,297"
-    assert build.format_value(3.0) == "3"
-    assert build.format_value(30000.0) == "30,000"
-    assert build.format_value(1234.56) == "1,234.6"
-    assert build.format_value(0.123456) == "0.1235"
-    assert build.format_value(1.5e-8) == "1.5e-08"
-    assert build.format_value(np.float32(0.5)) == "0.5"
+    assert markup.format_value(None) == "null"
+    assert markup.format_value(float("nan")) == "null"
+    assert markup.format_value(True) == "true"
+    assert markup.format_value(12) == "12"
+    assert markup.format_value(26297) == "26,297"
+    assert markup.format_value(3.0) == "3"
+    assert markup.format_value(30000.0) == "30,000"
+    assert markup.format_value(1234.56) == "1,234.6"
+    assert markup.format_value(0.123456) == "0.1235"
+    assert markup.format_value(1.5e-8) == "1.5e-08"
+    assert markup.format_value(np.float32(0.5)) == "0.5"
 
 
 def test_render_metrics_nested_and_escaped():
-    out = build.render_metrics({"a<b": 1, "per": {"x": {"k": 1}, "y": {"k": 2, "j": 3}}})
+    out = tables.render_metrics({"a<b": 1, "per": {"x": {"k": 1}, "y": {"k": 2, "j": 3}}})
     assert "a&lt;b" in out and "a<b" not in out
     assert "<h4>per</h4>" in out
-    labels = build.render_metrics({"kept": [CD4, NK], "sizes": [1, 2]})
+    labels = tables.render_metrics({"kept": [CD4, NK], "sizes": [1, 2]})
     assert f"<td>{html.escape(CD4)}; {NK}</td>" in labels and "<td>1, 2</td>" in labels
     assert '<th class="num">k</th><th class="num">j</th>' in out
-    sizes = build.render_metrics({"10": 1, "2": 5, "0": 7})
+    sizes = tables.render_metrics({"10": 1, "2": 5, "0": 7})
     assert re.findall(r'<td class="key">(\d+)</td>', sizes) == ["0", "2", "10"]
 
 
@@ -426,7 +497,7 @@ def test_build_does_not_touch_inputs(results):
         ora=results / "data" / "ora" / "results.parquet",
     )
     before = inputs.de.copy(), inputs.gsea.copy(), inputs.ora.copy()
-    build.build_report(inputs, title="t", top_n=3)
+    build_report(inputs, title="t", top_n=3)
     for df, old in zip((inputs.de, inputs.gsea, inputs.ora), before, strict=True):
         pd.testing.assert_frame_equal(df, old)
 
