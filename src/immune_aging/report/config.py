@@ -179,3 +179,11 @@ GOALS: tuple[Goal, ...] = (
         "share of the called doublets that were simulated doublets",
     ),
 )
+
+#: Top genes and gene sets listed per cell type and direction in the findings table
+#: (the stage sections list ``report.top_n``).
+FINDINGS_GENES = 3
+FINDINGS_SETS = 2
+#: The summary heatmap: genes per cell type and direction, and at most this many genes.
+HEATMAP_PER_DIRECTION = 3
+HEATMAP_MAX_GENES = 40

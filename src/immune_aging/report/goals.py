@@ -89,10 +89,12 @@ def goals_table(results: Sequence[GoalResult]) -> str:
             f"<td><code>{esc(r.goal.key)}</code></td><td class='num'>{esc(value)}</td>"
             f"<td>{esc(r.target_text)}</td><td>{badge(r.status)}</td></tr>"
         )
-    table = data_table(
-        ["goal", "metric", "value", "target", "status"], rows, numeric=[False, False, True]
+    return data_table(
+        ["goal", "metric", "value", "target", "status"],
+        rows,
+        numeric=[False, False, True],
+        css_class="goals",
     )
-    return table.replace("<table>", '<table class="goals">', 1)
 
 
 def goals_intro(evaluation: Any) -> str:
@@ -114,4 +116,75 @@ def goals_intro(evaluation: Any) -> str:
     return (
         "<p class='lead'>Targets on the default simulated dataset, checked against "
         "<code>metrics/evaluate.json</code>.</p>"
+    )
+
+
+def has_truth(evaluation: Any) -> bool:
+    """Tell whether the evaluation scored anything (a planted truth was found).
+
+    Parameters
+    ----------
+    evaluation
+        Decoded ``metrics/evaluate.json``, or ``None``.
+
+    Returns
+    -------
+    bool
+        False when the file is missing or every score is null (real data).
+    """
+    if not isinstance(evaluation, Mapping):
+        return False
+    return any(v is not None for v in flatten_metrics(evaluation).values())
+
+
+def validation_section(evaluation: Any, *, alpha: float | None) -> str:
+    """Render the check against the simulated truth; empty when there is no truth.
+
+    Parameters
+    ----------
+    evaluation
+        Decoded ``metrics/evaluate.json``, or ``None``.
+    alpha
+        The cut-off the evaluation used (``evaluate.alpha``), ``None`` if unrecorded.
+
+    Returns
+    -------
+    str
+        HTML: a section with the headline scores and the goals table, or ``""``.
+    """
+    if not has_truth(evaluation):
+        return ""
+    results = check_goals(evaluation)
+    met = sum(r.status == "met" for r in results)
+    checked = sum(r.status != "n/a" for r in results)
+    cards = [("goals met", f"{met} of {checked}")]
+    flat = flatten_metrics(evaluation)
+    for key, label in (
+        ("de.recall", "DE recall"),
+        ("de.fdr", "DE false discoveries"),
+        ("predict.r2", "age prediction R\N{SUPERSCRIPT TWO}"),
+        ("cluster.purity", "cluster purity"),
+    ):
+        if number(flat.get(key)) is not None:
+            cards.append((label, format_value(flat[key])))
+    at = (
+        f" at <code>evaluate.alpha</code> = {esc(format_value(alpha))}"
+        if alpha is not None
+        else " (no <code>evaluate.alpha</code> recorded)"
+    )
+    return (
+        '<section id="validation"><h2>Check on simulated data: are the planted effects '
+        "recovered?</h2><p class='lead'>This input is simulated, with age effects planted in "
+        "known genes, gene sets and cell types (<code>data/raw/truth.json</code>). The "
+        f"scores below compare the findings above with that truth{at}, against targets for "
+        "the workflow; they test the method, not biology.</p>"
+        '<div class="summary">'
+        + "".join(
+            f'<div class="card"><div class="value">{esc(v)}</div>'
+            f'<div class="label">{esc(k)}</div></div>'
+            for k, v in cards
+        )
+        + "</div>"
+        + goals_table(results)
+        + '<p class="note">All scores in <a href="#stage-evaluate">Evaluation</a>.</p></section>'
     )

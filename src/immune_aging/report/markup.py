@@ -103,7 +103,11 @@ def td(value: Any, *, align: bool = True) -> str:
 
 
 def data_table(
-    headers: Sequence[str], rows: Sequence[str], *, numeric: Sequence[bool] = ()
+    headers: Sequence[str],
+    rows: Sequence[str],
+    *,
+    numeric: Sequence[bool] = (),
+    css_class: str | None = None,
 ) -> str:
     """Wrap header cells and pre-rendered ``<tr>`` rows into a scrollable table.
 
@@ -115,6 +119,8 @@ def data_table(
         Rendered ``<tr>`` rows.
     numeric
         Per column, whether its heading is right-aligned (numbers); missing ones are not.
+    css_class
+        Class of the ``<table>`` element, if any.
 
     Returns
     -------
@@ -128,8 +134,9 @@ def data_table(
         for i, h in enumerate(headers)
     )
     body = "".join(rows)
+    table = f'<table class="{esc(css_class)}">' if css_class else "<table>"
     return (
-        f'<div class="scroll"><table><thead><tr>{ths}</tr></thead>'
+        f'<div class="scroll">{table}<thead><tr>{ths}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
 
@@ -155,16 +162,39 @@ class FigureCounter:
         return self.n
 
 
-def _figure(fig: Figure, number: int, labels: Sequence[str]) -> str:
+def figure_html(fig: Figure, number: int, caption: str, *, source: str | None = None) -> str:
+    """Render one figure as an embedded PNG with its numbered caption.
+
+    Parameters
+    ----------
+    fig
+        The figure.
+    number
+        Its number on the page.
+    caption
+        What it shows and how to read it (plain text).
+    source
+        The file it was read from, shown after the caption; ``None`` for a figure
+        drawn by the report itself.
+
+    Returns
+    -------
+    str
+        HTML: a ``<figure>``, wide when the image is.
+    """
     data = base64.b64encode(fig.png).decode("ascii")
-    caption = caption_for(fig.stage, fig.name, labels=labels)
     wide = ' class="wide"' if fig.width >= 1000 or fig.width >= 2 * fig.height else ""
+    where = f" <code>{esc(source)}</code>" if source is not None else ""
     return (
         f'<figure id="fig-{number}"{wide}><img src="data:image/png;base64,{data}" '
         f'width="{fig.width}" height="{fig.height}" alt="{esc(fig.stage + ": " + fig.name)}">'
-        f"<figcaption><b>Figure {number}.</b> {esc(caption)} "
-        f"<code>plots/{esc(fig.stage)}/{esc(fig.name)}</code></figcaption></figure>"
+        f"<figcaption><b>Figure {number}.</b> {esc(caption)}{where}</figcaption></figure>"
     )
+
+
+def _figure(fig: Figure, number: int, labels: Sequence[str]) -> str:
+    caption = caption_for(fig.stage, fig.name, labels=labels)
+    return figure_html(fig, number, caption, source=f"plots/{fig.stage}/{fig.name}")
 
 
 def figures_block(figs: Sequence[Figure], counter: FigureCounter, labels: Sequence[str]) -> str:

@@ -14,23 +14,29 @@ from collections.abc import Mapping, Sequence
 
 from immune_aging.report.collect import ReportInputs
 from immune_aging.report.config import STAGE_NAMES, STAGES, StageInfo
-from immune_aging.report.goals import check_goals, goals_intro, goals_table
+from immune_aging.report.findings import (
+    collect_findings,
+    findings_lead,
+    render_findings,
+    summary_figure,
+)
+from immune_aging.report.goals import goals_intro, has_truth, validation_section
 from immune_aging.report.markup import (
     FigureCounter,
     anchor_slug,
     badge,
     data_table,
     esc,
+    figure_html,
     figures_block,
     format_value,
     is_number,
-    number,
     series_block,
 )
 from immune_aging.report.recorded import cell_types, cutoff, per_cell_type
+from immune_aging.report.removed import removals, render_removals, summary_line
 from immune_aging.report.style import CSS
 from immune_aging.report.tables import (
-    flatten_metrics,
     packages_table,
     params_match,
     provenance_block,
@@ -69,9 +75,13 @@ def _stage_section(
             "tables, checkpoints) was found.</p>"
         )
     if name == "evaluate" and name in inputs.metrics:
-        parts.append("<h3>Goals</h3>")
-        parts.append(goals_intro(inputs.metrics[name]))
-        parts.append(goals_table(check_goals(inputs.metrics[name])))
+        if has_truth(inputs.metrics[name]):
+            parts.append(
+                '<p>The goals and headline scores are in <a href="#validation">Check on '
+                "simulated data</a>.</p>"
+            )
+        else:
+            parts.append(goals_intro(inputs.metrics[name]))
     if name in inputs.metrics:
         parts.append(f"<h3>Metrics</h3>{render_metrics(inputs.metrics[name])}")
     if inputs.figures.get(name):
@@ -108,37 +118,30 @@ def _stage_section(
     return "".join(parts)
 
 
-def _overview(inputs: ReportInputs, stages: Sequence[StageInfo]) -> str:
-    parts = ['<section id="overview"><h2>Overview</h2>']
-    evaluation = inputs.metrics.get("evaluate")
-    if evaluation is not None:
-        results = check_goals(evaluation)
-        met = sum(r.status == "met" for r in results)
-        checked = sum(r.status != "n/a" for r in results)
-        cards = [
-            ("goals met", f"{met} of {checked}" if checked else "n/a"),
-        ]
-        flat = flatten_metrics(evaluation)
-        for key, label in (
-            ("de.recall", "DE recall"),
-            ("de.fdr", "DE false discoveries"),
-            ("predict.r2", "age prediction R\N{SUPERSCRIPT TWO}"),
-            ("cluster.purity", "cluster purity"),
-        ):
-            if number(flat.get(key)) is not None:
-                cards.append((label, format_value(flat[key])))
-        parts.append('<div class="summary">')
-        parts.extend(
-            f'<div class="card"><div class="value">{esc(v)}</div>'
-            f'<div class="label">{esc(k)}</div></div>'
-            for k, v in cards
-        )
-        parts.append("</div>")
-        if checked:
-            parts.append(goals_table(results))
-            parts.append(
-                '<p class="note">Details in <a href="#stage-evaluate">Evaluation</a>.</p>'
-            )
+def _findings_section(inputs: ReportInputs, counter: FigureCounter) -> str:
+    found = collect_findings(inputs)
+    gone = removals(inputs)
+    parts = [
+        '<section id="findings"><h2>Findings: gene expression with age, per cell type</h2>',
+        findings_lead(found, inputs, summary_line(gone)),
+    ]
+    drawn = summary_figure(inputs)
+    if drawn is not None:
+        fig, caption = drawn
+        parts.append(f'<div class="figures">{figure_html(fig, counter.next(), caption)}</div>')
+    parts.append(render_findings(found, inputs))
+    parts.append(
+        '<h3 id="removed">What was removed before DE, and why</h3><p class="lead">The rules '
+        "applied before the DE models, in order, and what each removed. Donors dropped by a "
+        "rule that can depend on age (few cells of some type) are listed with their ages "
+        "where the stage recorded them.</p>"
+    )
+    parts.append(render_removals(gone))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _pipeline_section(inputs: ReportInputs, stages: Sequence[StageInfo]) -> str:
     rows = []
     for step, info in enumerate(stages, start=1):
         ran = _stage_ran(info.name, inputs)
@@ -149,16 +152,15 @@ def _overview(inputs: ReportInputs, stages: Sequence[StageInfo]) -> str:
             f"<code>{esc(info.name)}</code></td><td>{badge('ran' if ran else 'not run')}</td>"
             f'<td class="num">{n_fig}</td><td class="note">{esc(info.summary)}</td></tr>'
         )
-    parts.append("<h3>Stages</h3>")
-    parts.append(
-        data_table(
+    return (
+        '<section id="pipeline"><h2>Pipeline stages</h2>'
+        + data_table(
             ["", "stage", "status", "figures", "what it does"],
             rows,
             numeric=[True, False, False, True],
         )
+        + "</section>"
     )
-    parts.append("</section>")
-    return "".join(parts)
 
 
 def _provenance_section(inputs: ReportInputs, *, title: str, top_n: int) -> str:
@@ -240,11 +242,24 @@ def build_report(inputs: ReportInputs, *, title: str, top_n: int) -> str:
     """
     stages = [*STAGES, *_extra_stages(inputs)]
     counter = FigureCounter()
-    sections = [_overview(inputs, stages)]
+    validation = validation_section(
+        inputs.metrics.get("evaluate"), alpha=cutoff(inputs, "evaluate")
+    )
+    sections = [_findings_section(inputs, counter)]
+    sections += [validation] if validation else []
+    sections.append(_pipeline_section(inputs, stages))
     for step, info in enumerate(stages, start=1):
         sections.append(_stage_section(step, info, inputs, top_n=top_n, counter=counter))
     sections.append(_provenance_section(inputs, title=title, top_n=top_n))
-    toc = ['<li><span class="n"></span><a href="#overview">Overview</a></li>']
+    toc = [
+        '<li><span class="n"></span><a href="#findings">Findings</a></li>',
+        *(
+            ['<li><span class="n"></span><a href="#validation">Check on simulated data</a></li>']
+            if validation
+            else []
+        ),
+        '<li><span class="n"></span><a href="#pipeline">Pipeline stages</a></li>',
+    ]
     for step, info in enumerate(stages, start=1):
         ran = _stage_ran(info.name, inputs)
         flag = "" if ran else " " + badge("not run")

@@ -61,18 +61,7 @@ def per_cell_type(metrics: Any) -> dict[str, Mapping[str, Any]]:
 
 
 def cell_types(inputs: ReportInputs) -> list[str]:
-    """Return the cell-type labels of the result tables and per-cell-type metrics.
-
-    Parameters
-    ----------
-    inputs
-        The loaded results.
-
-    Returns
-    -------
-    list of str
-        Sorted labels.
-    """
+    """Return the sorted cell types of the result tables and per-cell-type metrics."""
     labels: set[str] = set()
     for table in (inputs.de, inputs.gsea, inputs.ora):
         if table is not None:

@@ -7,7 +7,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from immune_aging.report.collect import Provenance
 from immune_aging.report.config import STAGE_NAMES
 from immune_aging.report.markup import (
     TIMES,
@@ -18,6 +17,7 @@ from immune_aging.report.markup import (
     is_scalar,
     td,
 )
+from immune_aging.report.provenance import Provenance
 
 # --------------------------------------------------------------------------- metrics JSON
 

@@ -33,7 +33,8 @@ UP = "\N{UPWARDS ARROW}"
 DOWN = "\N{DOWNWARDS ARROW}"
 
 
-def _sorted_labels(values: pd.Series) -> list[str]:
+def sorted_labels(values: pd.Series) -> list[str]:
+    """Return the distinct labels of a column as sorted text (missing ones left out)."""
     return sorted({str(v) for v in values.dropna().unique()})
 
 
@@ -52,6 +53,18 @@ def gene_name(row: Any) -> str:
     if gene is None or (isinstance(gene, float) and math.isnan(gene)) or not str(gene):
         return str(row.gene_id)
     return str(gene)
+
+
+def sorted_genes(de: pd.DataFrame) -> pd.DataFrame:
+    """Return DE rows ordered by ``padj``, then ``pvalue``, then gene ID (stable)."""
+    return de.sort_values(["padj", "pvalue", "gene_id"], kind="mergesort")
+
+
+def sorted_sets(sets: pd.DataFrame, kind: SetTable) -> pd.DataFrame:
+    """Return gene-set rows in ``kind.order`` (stable, missing values last)."""
+    if "-|nes|" in kind.order:
+        sets = sets.assign(**{"-|nes|": -sets["nes"].abs()})
+    return sets.sort_values(list(kind.order), kind="mergesort", na_position="last")
 
 
 def _dim(p: float, cut: float | None) -> str:
@@ -94,7 +107,7 @@ def render_top_de(
     str
         HTML: per cell type, two tables (up, down) ordered by ``padj``.
     """
-    labels = _sorted_labels(de["cell_type"])
+    labels = sorted_labels(de["cell_type"])
     if not labels:
         return '<p class="notrun">The DE table is empty.</p>'
     anchors = anchors_for("de", labels)
@@ -122,11 +135,7 @@ def render_top_de(
             ("up", tested["log2FoldChange"] > 0),
             ("down", tested["log2FoldChange"] < 0),
         ):
-            top = (
-                tested[mask]
-                .sort_values(["padj", "pvalue", "gene_id"], kind="mergesort")
-                .head(top_n)
-            )
+            top = sorted_genes(tested[mask]).head(top_n)
             rows = []
             for r in top.itertuples(index=False):
                 dim = _dim(r.padj, alpha)
@@ -248,7 +257,7 @@ def render_top_sets(
         HTML: per cell type one table (GSEA) or one per direction (ORA), ordered
         by ``kind.order``.
     """
-    labels = _sorted_labels(results["cell_type"])
+    labels = sorted_labels(results["cell_type"])
     if not labels:
         return f'<p class="notrun">{esc(kind.empty)}</p>'
     anchors = anchors_for(kind.key, labels)
@@ -303,8 +312,7 @@ def _arrow(direction: str) -> str:
 
 def _sets_table(part: pd.DataFrame, kind: SetTable, *, top_n: int, cut: float | None) -> str:
     """Render the ``top_n`` first sets of ``part`` in ``kind.order`` (empty: ``""``)."""
-    part = part.assign(**{"-|nes|": -part["nes"].abs()}) if "-|nes|" in kind.order else part
-    top = part.sort_values(list(kind.order), kind="mergesort", na_position="last").head(top_n)
+    top = sorted_sets(part, kind).head(top_n)
     rows = [
         f"<tr{_dim(getattr(r, kind.p), cut)}><td>{esc(r.term)}</td>{kind.cells(r)}"
         f"{td_num(getattr(r, kind.p))}<td class='genes'>"
