@@ -16,7 +16,20 @@ import pandas as pd
 import pytest
 
 from immune_aging import io
-from immune_aging.report import build, captions, collect
+from immune_aging.report import (
+    build_report,
+    captions,
+    collect,
+    config,
+    findings,
+    goals,
+    heatmap,
+    markup,
+    recorded,
+    removed,
+    tables,
+    top,
+)
 from immune_aging.stages import report as report_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,38 +66,80 @@ def write_checkpoint(path: Path, stage: str, params: dict, *, record: bool = Tru
     io.write_h5ad(adata, path)
 
 
-def make_results(root: Path) -> dict[str, Path]:
-    """A tiny results tree: params, metrics, plots, tables and one checkpoint."""
+SKIPPED = "B cell"
+SCORES = {
+    "de.recall": 0.91,
+    "de.fdr": 0.04,
+    "gsea.planted_found": 5,
+    "gsea.planted_total": 6,
+    "ora.planted_found": 4,
+    "predict.r2": 0.71,
+    "predict.baseline_r2": 0.02,
+    "cluster.ari": 0.8,
+    "cluster.purity": 0.95,
+    "qc.doublet_recall": 0.6,
+    "qc.doublet_precision": None,
+}
+
+
+def make_results(root: Path, *, truth: bool = True) -> dict[str, Path]:
+    """A tiny results tree: params, metrics, plots, tables and one checkpoint.
+
+    Without ``truth`` the evaluation scored nothing, as on real data.
+    """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     params = collect.read_params(root / "params.yaml")[0]
     metrics = root / "metrics"
     metrics.mkdir()
-    io.write_json({"cells_in": 1000, "cells_out": 950, "cutoff": 12.5}, metrics / "filter.json")
+    io.write_json(
+        {
+            "cells_in": 1000,
+            "cells_out": 950,
+            "cutoff": 12.5,
+            "min_cells_per_donor": 12,
+            "donor_cutoff": {"donors_removed": 1, "donors": ["D9"]},
+            "cell_type_prevalence": {"cell_types_removed": 1, "cell_types": ["platelet"]},
+            "donor_completeness": {"donors_removed": 0, "donors": []},
+        },
+        metrics / "filter.json",
+    )
+    io.write_json(
+        {
+            "samples_dropped_few_cells": 3,
+            "dropped_cell_types": {},
+            "donors_unknown_age_ids": ["D7"],
+        },
+        metrics / "pseudobulk.json",
+    )
+    io.write_json(
+        {
+            "alpha": 0.05,
+            "cell_types": {
+                SKIPPED: {"n_donors": 4, "skipped": "4 donors are too few for the design"},
+                CD4: {"n_donors": 40, "age_sd_years": 20.0, "n_up": 2, "n_down": 1},
+                NK: {"n_donors": 38, "age_sd_years": 20.0, "n_up": 0, "n_down": 0},
+            },
+        },
+        metrics / "de.json",
+    )
     io.write_json(
         {"cells_in": 950, "removed": {"max_pct_mt": 20, "doublets": 31}, "kept": 899},
         metrics / "qc.json",
     )
     io.write_json(
-        {CD4: {"r2_mean": 0.71, "baseline_r2_mean": 0.02, "n_donors": 40}},
+        {
+            CD4: {
+                "r2_mean": 0.71,
+                "baseline_r2_mean": 0.02,
+                "mae_mean": 8.25,
+                "baseline_mae_mean": 15.5,
+                "n_donors": 40,
+            }
+        },
         metrics / "predict.json",
     )
-    io.write_json(
-        {
-            "de.recall": 0.91,
-            "de.fdr": 0.04,
-            "gsea.planted_found": 5,
-            "gsea.planted_total": 6,
-            "ora.planted_found": 4,
-            "predict.r2": 0.71,
-            "predict.baseline_r2": 0.02,
-            "cluster.ari": 0.8,
-            "cluster.purity": 0.95,
-            "qc.doublet_recall": 0.6,
-            "qc.doublet_precision": None,
-        },
-        metrics / "evaluate.json",
-    )
+    io.write_json(SCORES if truth else dict.fromkeys(SCORES), metrics / "evaluate.json")
     tiny_png(root / "plots" / "filter" / "cells_per_donor.png")
     (root / "plots" / "filter" / "cells_per_donor.csv").write_text("donor_id,n_cells\nd1,10\n")
     tiny_png(root / "plots" / "de" / "volcano_natural_killer_cell.png")
@@ -102,6 +157,7 @@ def make_results(root: Path) -> dict[str, Path]:
             "padj": [1e-5, 4e-3, 2e-5, 0.4, 0.3, np.nan],
         }
     )
+    de["log2fc_per_decade"] = de["log2FoldChange"] * 10 / 20.0
     io.write_parquet(de, root / "data" / "de" / "results.parquet")
     (root / "data" / "gsea").mkdir(parents=True)
     gsea = pd.DataFrame(
@@ -134,7 +190,7 @@ def make_results(root: Path) -> dict[str, Path]:
 
 
 def argv(root: Path, out: Path) -> list[str]:
-    stages = [s.name for s in build.STAGES]
+    stages = [s.name for s in config.STAGES]
     return [
         "--params",
         str(root / "params.yaml"),
@@ -174,7 +230,8 @@ def page(results, tmp_path):
 
 def test_every_stage_has_a_section_in_pipeline_order(page):
     ids = re.findall(r'<section id="([^"]+)"', page)
-    assert ids == ["overview", *[f"stage-{s.name}" for s in build.STAGES], "provenance"]
+    stages = [f"stage-{s.name}" for s in config.STAGES]
+    assert ids == ["findings", "validation", "pipeline", *stages, "provenance"]
     toc = re.search(r'<nav class="toc">(.*?)</nav>', page, flags=re.S).group(1)
     assert re.findall(r'href="#([^"]+)"', toc) == ids
 
@@ -197,12 +254,13 @@ def test_sections_show_metrics_params_and_provenance(page):
 
 def test_images_are_embedded_as_data_uris(page, results):
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', page)
-    assert len(srcs) == 2
+    assert len(srcs) == 3  # the two of the stages and the summary heatmap
     pngs = sorted(p.read_bytes() for p in (results / "plots").rglob("*.png"))
-    decoded = sorted(base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in srcs)
+    decoded = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in srcs]
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert decoded == pngs
-    assert page.count("<figcaption>") == 2
+    assert decoded[0].startswith(collect.PNG_SIGNATURE)  # Figure 1: the summary heatmap
+    assert sorted(decoded[1:]) == pngs
+    assert page.count("<figcaption>") == 3
     assert "Cells per donor before filtering" in page  # a known caption
     assert "Volcano plot for natural killer cell" in page
 
@@ -238,23 +296,27 @@ def test_missing_inputs_say_not_run(tmp_path, monkeypatch):
     out = tmp_path / "r.html"
     assert report_stage.main(argv(root, out)) == 0
     page = out.read_text()
-    for stage in build.STAGES:
+    for stage in config.STAGES:
         section = re.search(rf'<section id="stage-{stage.name}">(.*?)</section>', page, re.S)
         assert "not run" in section.group(1), stage.name
     assert "<img" not in page
 
 
-def test_goals_in_overview_and_evaluation(page):
-    overview = re.search(r'<section id="overview">(.*?)</section>', page, re.S).group(1)
-    assert "6 of 7" in overview  # doublet precision is null: not checked
+def test_goals_in_the_check_on_simulated_data(page):
+    validation = re.search(r'<section id="validation">(.*?)</section>', page, re.S).group(1)
+    assert "Check on simulated data" in validation
+    assert "6 of 7" in validation  # doublet precision is null: not checked
+    assert validation.count('class="badge bad">not met') == 1  # gsea 5 of 6
+    assert validation.count('class="badge na">n/a') == 1
+    assert "evaluate.alpha</code> = 0.05" in validation
     evaluate = re.search(r'<section id="stage-evaluate">(.*?)</section>', page, re.S).group(1)
-    assert evaluate.count('class="badge bad">not met') == 1  # gsea 5 of 6
-    assert evaluate.count('class="badge na">n/a') == 1
+    assert 'href="#validation"' in evaluate
 
 
 def test_top_tables_sorted_and_split_by_direction(page):
     de = re.search(r'<section id="stage-de">(.*?)</section>', page, re.S).group(1)
-    cd4 = de[de.index(html.escape(CD4)) :]
+    top = de[de.index("Top genes per cell type") :]
+    cd4 = top[top.index(html.escape(CD4)) :]
     up, down = cd4.index("up with age"), cd4.index("down with age")
     assert up < cd4.index("AAA") < cd4.index(html.escape(EVIL_GENE)) < down  # by padj
     assert down < cd4.index("CCC") < cd4.index("DDD")
@@ -279,7 +341,7 @@ def test_de_per_decade_from_age_sd():
             "padj": 0.01,
         }
     )
-    out = build.render_top_de(de, top_n=5, alpha=0.05, age_sd={"T": 20.0})
+    out = top.render_top_de(de, top_n=5, alpha=0.05, age_sd={"T": 20.0})
     t_block = out[out.index('id="de-t"') :]
     b_block = out[out.index('id="de-b"') : out.index('id="de-t"')]
     assert '<th class="num">per decade</th>' in t_block
@@ -299,9 +361,232 @@ def test_top_n_limits_rows():
             "padj": [0.5, 0.1, 0.2, 0.3, 0.4],
         }
     )
-    out = build.render_top_de(de, top_n=2, alpha=0.05)
+    out = top.render_top_de(de, top_n=2, alpha=0.05)
     assert re.findall(r"<td title=\"E\d\">(G\d)</td>", out) == ["G1", "G2"]
     assert "No gene tested in this direction." in out
+
+
+def test_cutoffs_come_from_the_run():
+    inputs = collect.ReportInputs(
+        params={"de": {"alpha": 0.1}, "gsea": {"fdr": 0.2}, "evaluate": {"alpha": 0.3}},
+        metrics={"de": {"alpha": 0.01}, "ora": {"padj": 0.02}},
+    )
+    assert recorded.cutoff(inputs, "de") == 0.01  # the stage's metrics first
+    assert recorded.cutoff(inputs, "gsea") == 0.2  # else its params
+    assert recorded.cutoff(inputs, "ora") == 0.02
+    assert recorded.cutoff(inputs, "evaluate") == 0.3
+    assert recorded.cutoff(collect.ReportInputs(), "de") is None  # never a guess
+
+
+def test_top_tables_use_the_given_cutoff_or_say_there_is_none():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T", "T"],
+            "gene_id": ["E1", "E2"],
+            "gene": ["G1", "G2"],
+            "baseMean": 1.0,
+            "log2FoldChange": [0.4, -0.4],
+            "pvalue": [0.001, 0.02],
+            "padj": [0.005, 0.03],
+        }
+    )
+    strict = top.render_top_de(de, top_n=5, alpha=0.01)
+    assert "1 up and 0 down at padj &lt; 0.01" in strict
+    assert strict.count('class="dim"') == 1
+    unknown = top.render_top_de(de, top_n=5, alpha=None)
+    assert "No padj cut-off is recorded for this run (de.alpha)" in unknown
+    assert "no significance cut-off recorded" in unknown and 'class="dim"' not in unknown
+    gsea = pd.DataFrame(
+        {
+            "cell_type": ["T", "T"],
+            "term": ["S1", "S2"],
+            "nes": [2.0, -1.5],
+            "pval": [0.001, 0.01],
+            "fdr": [0.01, 0.04],
+            "lead_genes": ["G1", "G2"],
+        }
+    )
+    out = top.render_top_sets(gsea, top.GSEA, top_n=5, cut=0.02)
+    assert "1 up and 0 down at FDR &lt; 0.02" in out and out.count('class="dim"') == 1
+    out = top.render_top_sets(gsea, top.GSEA, top_n=5, cut=None)
+    assert "No FDR cut-off is recorded for this run (gsea.fdr)" in out
+    assert 'class="dim"' not in out
+    ora = pd.DataFrame(
+        {
+            "cell_type": ["T", "T", "T"],
+            "direction": ["down", "up", "up"],
+            "term": ["S3", "S2", "S1"],
+            "overlap": ["1/10", "2/10", "3/10"],
+            "pval": [0.01, 0.02, 0.001],
+            "padj": [0.03, 0.04, 0.004],
+            "genes": ["G2", "G1", "G1;G3"],
+        }
+    )
+    out = top.render_top_sets(ora, top.ORA, top_n=5, cut=0.035)
+    assert out.index("up genes") < out.index("S1") < out.index("S2") < out.index("down genes")
+    assert out.count('class="dim"') == 1 and "padj \N{GREATER-THAN OR EQUAL TO} 0.035" in out
+
+
+def section(page: str, name: str) -> str:
+    return re.search(rf'<section id="{name}">(.*?)</section>', page, re.S).group(1)
+
+
+def text_of(page: str) -> str:
+    """The page without its embedded images."""
+    return re.sub(r"data:image/png;base64,[^\"]+", "", page)
+
+
+def test_findings_come_first_and_answer_the_question(page):
+    assert re.findall(r'<section id="([^"]+)"', page)[0] == "findings"
+    findings = section(page, "findings")
+    assert findings.index("<figure") < findings.index('<table class="findings">')
+    assert "2 genes rise with age and 1 fall" in findings
+    rows = re.findall(r"<tr>(.*?)</tr>", findings.split('<table class="findings">')[1])
+    by_type = {re.sub(r"<[^>]+>", "", r.split("<div")[0]): r for r in rows[1:]}
+    cd4 = by_type[html.escape(CD4)]
+    assert "40 donors" in cd4
+    assert "\N{UPWARDS ARROW} <b>2</b>:" in cd4 and "\N{DOWNWARDS ARROW} <b>1</b>:" in cd4
+    assert cd4.index("AAA</span>&nbsp;+0.50") < cd4.index(f"{html.escape(EVIL_GENE)}</span>")
+    assert "CCC</span>&nbsp;-0.35" in cd4  # log2 fold change per decade
+    assert "DDD" not in cd4  # padj 0.4: not significant
+    assert "AGE_UP_1&nbsp;+2.1&nbsp;(0.01)" in cd4 and "DECOY_1" not in cd4
+    assert "R\N{SUPERSCRIPT TWO} 0.71 (0.02)" in cd4 and "MAE 8.2 y (15.5)" in cd4
+    assert f'href="#de-{markup.anchor_slug(CD4)}"' in cd4
+    assert "not tested: 4 donors are too few for the design" in by_type[SKIPPED]
+    assert "\N{UPWARDS ARROW} <b>0</b>" in by_type[NK] and "no GSEA result" in by_type[NK]
+
+
+def test_what_was_removed_before_de(page):
+    removed = section(page, "findings").split('<h3 id="removed">')[1]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", removed)
+    text = [re.sub(r"<[^>]+>", "|", r) for r in rows]
+    assert any("1 donor" in t and "D9" in t and "not recorded" in t for t in text)
+    assert any("1 cell type" in t and "platelet" in t for t in text)
+    assert any("D7" in t and "unknown" in t for t in text)
+    assert any("3 samples" in t and "pseudobulk.min_cells" in t for t in text)
+    assert any(f"{SKIPPED}: 4 donors are too few" in t for t in text)
+    lead = section(page, "findings").split("</p>")[0]
+    assert "Removed before DE: filter: 1 donor, 1 cell type" in lead
+
+
+def test_ages_of_removed_donors_when_recorded():
+    metrics = {
+        "filter": {
+            "donor_cutoff": {
+                "donors_removed": 2,
+                "donors": ["D1", "D2"],
+                "ages_removed": [71, None],
+            },
+            "donor_completeness": {
+                "donors_removed": 1,
+                "donors": ["D3"],
+                "ages_removed": {"D3": 84.5},
+            },
+        }
+    }
+    items = removed.removals(collect.ReportInputs(metrics=metrics))
+    assert [r.ages for r in items] == [("71", "unknown"), ("84.5",)]
+    out = removed.render_removals(items)
+    assert "D1: 71, D2: unknown" in out and "D3: 84.5" in out
+    assert "(value not recorded) (filter.cutoff_percentile)" in out  # no params given
+
+
+def test_without_truth_there_is_no_validation_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
+    root = make_results(tmp_path / "results", truth=False)["root"]
+    out = tmp_path / "r.html"
+    assert report_stage.main(argv(root, out)) == 0
+    page = out.read_text()
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids[:2] == ["findings", "pipeline"] and "validation" not in ids
+    assert "n/a" not in text_of(page) and "goals met" not in page
+    assert "simulated data" not in re.search(r'<nav class="toc">(.*?)</nav>', page, re.S).group(1)
+    assert '<table class="findings">' in section(page, "findings")
+    assert "No ground truth" in section(page, "stage-evaluate")
+
+
+def test_findings_without_a_recorded_cutoff(results):
+    inputs = collect.read_all(
+        params_file=results / "params.yaml", de=results / "data" / "de" / "results.parquet"
+    )
+    inputs.params = {k: v for k, v in inputs.params.items() if k != "de"}
+    found = {f.cell_type: f for f in findings.collect_findings(inputs)}
+    assert found[CD4].n_up is None  # not counted without a cut-off: no metrics/de.json
+    assert [g.symbol for g in found[CD4].up] == ["AAA", EVIL_GENE]  # by padj, none claimed
+    out = findings.render_findings(list(found.values()), inputs)
+    assert "no padj cut-off recorded" in out
+    _, caption = findings.summary_figure(inputs)
+    assert "no DE cut-off recorded" in caption
+
+
+def test_cell_type_without_de_results_says_so():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T"],
+            "gene_id": ["E1"],
+            "gene": ["G1"],
+            "baseMean": 1.0,
+            "log2FoldChange": [0.5],
+            "pvalue": [0.001],
+            "padj": [0.01],
+        }
+    )
+    inputs = collect.ReportInputs(
+        params={"de": {"alpha": 0.05}},
+        metrics={"predict": {"Mono": {"r2_mean": 0.3, "baseline_r2_mean": 0.1}}},
+        de=de,
+    )
+    found = {f.cell_type: f for f in findings.collect_findings(inputs)}
+    assert found["T"].tested and found["T"].n_up == 1 and found["T"].prediction is None
+    assert not found["Mono"].tested and found["Mono"].up == ()
+    out = findings.render_findings(list(found.values()), inputs)
+    assert "no DE result" in out and "not predicted" in out
+    assert "R\N{SUPERSCRIPT TWO} 0.30 (0.10)" in out and "MAE not recorded" in out
+
+
+def test_summary_heatmap_selects_clusters_and_is_deterministic():
+    de = pd.DataFrame(
+        {
+            "cell_type": ["T"] * 5 + ["B"] * 5,
+            "gene_id": ["E1", "E2", "E3", "E4", "E5"] * 2,
+            "log2FoldChange": [1.0, 0.9, -1.0, -0.9, 0.1, 1.0, 0.8, -1.1, -0.8, 0.0],
+            "pvalue": [1e-6, 1e-5, 1e-6, 1e-5, 0.5] * 2,
+            "padj": [1e-5, 1e-4, 1e-5, 1e-4, 0.9] * 2,
+        }
+    )
+    chosen = heatmap.select_genes(de, alpha=0.05, per_direction=1, max_genes=10)
+    assert chosen.significant and chosen.gene_ids == ["E1", "E3"]
+    chosen = heatmap.select_genes(de, alpha=0.05, per_direction=2, max_genes=3)
+    assert chosen.gene_ids == ["E1", "E2", "E3"]  # cut to the smallest padj (ties by ID)
+    none = heatmap.select_genes(de, alpha=1e-9, per_direction=1, max_genes=10)
+    assert not none.significant and none.gene_ids == ["E1", "E3"]
+    genes = ["E1", "E3", "E2", "E4"]
+    values, padj = heatmap.effect_matrix(de, de["log2FoldChange"], genes, ["B", "T"])
+    assert values.loc["E3", "T"] == -1.0 and list(values.columns) == ["B", "T"]
+    order = [genes[i] for i in heatmap.cluster_order(values)]
+    assert {frozenset(order[:2]), frozenset(order[2:])} == {
+        frozenset({"E1", "E2"}),
+        frozenset({"E3", "E4"}),
+    }
+    first = heatmap.heatmap_figure(values, padj < 0.05, genes, unit="u")
+    second = heatmap.heatmap_figure(values, padj < 0.05, genes, unit="u")
+    assert first.png == second.png and first.png.startswith(collect.PNG_SIGNATURE)
+    assert (first.width, first.height) == collect.png_size(first.png, "x")
+    odd = heatmap.heatmap_figure(values, padj < 0.05, ["g$\\q$", "b", "c", "d"], unit="u")
+    assert odd.png.startswith(collect.PNG_SIGNATURE)  # a "$" is text, not math
+
+
+def test_effect_per_decade_from_the_table_or_the_age_sd():
+    de = pd.DataFrame(
+        {"cell_type": ["T", "B"], "gene_id": ["E1", "E2"], "log2FoldChange": [0.4, 0.4]}
+    )
+    effect, unit = findings.effect_per_decade(de, {"cell_types": {"T": {"age_sd_years": 20.0}}})
+    assert effect.iloc[0] == pytest.approx(0.2) and np.isnan(effect.iloc[1])
+    assert unit == "log2 fold change per decade"
+    effect, unit = findings.effect_per_decade(de, None)
+    assert unit == "log2 fold change per SD of age" and effect.iloc[1] == 0.4
+    effect, _ = findings.effect_per_decade(de.assign(log2fc_per_decade=[1.0, 2.0]), None)
+    assert list(effect) == [1.0, 2.0]
 
 
 # --------------------------------------------------------------------------- pieces
@@ -310,7 +595,7 @@ def test_top_n_limits_rows():
 def test_check_goals():
     results = {
         r.goal.name: r
-        for r in build.check_goals(
+        for r in goals.check_goals(
             {
                 "de.recall": 0.8,
                 "de.fdr": 0.2,
@@ -333,37 +618,37 @@ def test_check_goals():
 
 
 def test_check_goals_accepts_nested_metrics():
-    (recall, *_) = build.check_goals({"de": {"recall": 0.9}})
+    (recall, *_) = goals.check_goals({"de": {"recall": 0.9}})
     assert recall.status == "met" and recall.value == 0.9
 
 
 def test_no_truth_says_so():
-    html_text = build._goals_intro({"de.recall": None, "de.fdr": None})
+    html_text = goals.goals_intro({"de.recall": None, "de.fdr": None})
     assert "No ground truth" in html_text
 
 
 def test_format_value():
-    assert build.format_value(None) == "null"
-    assert build.format_value(float("nan")) == "null"
-    assert build.format_value(True) == "true"
-    assert build.format_value(12) == "12"
-    assert build.format_value(26297) == "26,297"
-    assert build.format_value(3.0) == "3"
-    assert build.format_value(30000.0) == "30,000"
-    assert build.format_value(1234.56) == "1,234.6"
-    assert build.format_value(0.123456) == "0.1235"
-    assert build.format_value(1.5e-8) == "1.5e-08"
-    assert build.format_value(np.float32(0.5)) == "0.5"
+    assert markup.format_value(None) == "null"
+    assert markup.format_value(float("nan")) == "null"
+    assert markup.format_value(True) == "true"
+    assert markup.format_value(12) == "12"
+    assert markup.format_value(26297) == "26,297"
+    assert markup.format_value(3.0) == "3"
+    assert markup.format_value(30000.0) == "30,000"
+    assert markup.format_value(1234.56) == "1,234.6"
+    assert markup.format_value(0.123456) == "0.1235"
+    assert markup.format_value(1.5e-8) == "1.5e-08"
+    assert markup.format_value(np.float32(0.5)) == "0.5"
 
 
 def test_render_metrics_nested_and_escaped():
-    out = build.render_metrics({"a<b": 1, "per": {"x": {"k": 1}, "y": {"k": 2, "j": 3}}})
+    out = tables.render_metrics({"a<b": 1, "per": {"x": {"k": 1}, "y": {"k": 2, "j": 3}}})
     assert "a&lt;b" in out and "a<b" not in out
     assert "<h4>per</h4>" in out
-    labels = build.render_metrics({"kept": [CD4, NK], "sizes": [1, 2]})
+    labels = tables.render_metrics({"kept": [CD4, NK], "sizes": [1, 2]})
     assert f"<td>{html.escape(CD4)}; {NK}</td>" in labels and "<td>1, 2</td>" in labels
     assert '<th class="num">k</th><th class="num">j</th>' in out
-    sizes = build.render_metrics({"10": 1, "2": 5, "0": 7})
+    sizes = tables.render_metrics({"10": 1, "2": 5, "0": 7})
     assert re.findall(r'<td class="key">(\d+)</td>', sizes) == ["0", "2", "10"]
 
 
@@ -426,7 +711,7 @@ def test_build_does_not_touch_inputs(results):
         ora=results / "data" / "ora" / "results.parquet",
     )
     before = inputs.de.copy(), inputs.gsea.copy(), inputs.ora.copy()
-    build.build_report(inputs, title="t", top_n=3)
+    build_report(inputs, title="t", top_n=3)
     for df, old in zip((inputs.de, inputs.gsea, inputs.ora), before, strict=True):
         pd.testing.assert_frame_equal(df, old)
 

@@ -1,9 +1,11 @@
 """The report in a real browser: headless Chromium through Selenium.
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``scripts/install-chromium.sh``).
-The page is opened from ``file://``; every image must decode, the console must stay
-free of errors and no request may leave the machine. A screenshot is saved in the
-test's temporary folder and, when ``IMMUNE_AGING_SCREENSHOT_DIR`` is set, there too.
+The page is opened from ``file://``, built from results with and without a planted
+truth; every image must decode, the findings table and the summary figure must
+render on the first screen, the console must stay free of errors and no request may
+leave the machine. Screenshots are saved in the test's temporary folder and, when
+``IMMUNE_AGING_SCREENSHOT_DIR`` is set, in ``truth/`` or ``no-truth/`` below it.
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ def save_screenshots(drv, folder: Path) -> list[Path]:
     return [top, full]
 
 
-def test_report_renders_offline_in_chromium(driver, tmp_path, monkeypatch):
+@pytest.mark.parametrize("truth", [True, False], ids=["truth", "no-truth"])
+def test_report_renders_offline_in_chromium(driver, tmp_path, monkeypatch, truth):
     monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
     from immune_aging.stages import report as report_stage
 
-    root = make_results(tmp_path / "results")["root"]
+    root = make_results(tmp_path / "results", truth=truth)["root"]
     out = tmp_path / "report.html"
     assert report_stage.main(argv(root, out)) == 0
     url = out.resolve().as_uri()
@@ -97,9 +100,26 @@ def test_report_renders_offline_in_chromium(driver, tmp_path, monkeypatch):
     images = driver.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt]);"
     )
-    assert len(images) == 2
+    assert len(images) == 3
     for complete, width, alt in images:
         assert complete and width > 0, alt
+
+    # the answer on the first screen: the summary figure and the findings table
+    first_screen = driver.execute_script(
+        "const fig = document.querySelector('#findings figure img');"
+        "const table = document.querySelector('#findings table.findings');"
+        "const rows = table.querySelectorAll('tbody tr');"
+        "const box = e => e.getBoundingClientRect();"
+        "return {fig: [fig.complete, fig.naturalWidth, box(fig).top, box(fig).height],"
+        " table: [rows.length, box(table).top, box(rows[0]).height],"
+        " screen: window.innerHeight,"
+        " validation: document.getElementById('validation') !== null};"
+    )
+    complete, width, top, height = first_screen["fig"]
+    assert complete and width > 0 and height > 100 and top < first_screen["screen"]
+    n_rows, table_top, row_height = first_screen["table"]
+    assert n_rows == 3 and row_height > 0 and table_top < first_screen["screen"]
+    assert first_screen["validation"] is truth
 
     # anchors of the table of contents lead to sections that exist
     missing = driver.execute_script(
@@ -124,6 +144,7 @@ def test_report_renders_offline_in_chromium(driver, tmp_path, monkeypatch):
     shots = save_screenshots(driver, tmp_path / "screenshots")
     assert all(p.stat().st_size > 0 for p in shots)
     if target := os.environ.get("IMMUNE_AGING_SCREENSHOT_DIR"):
+        folder = Path(target) / ("truth" if truth else "no-truth")
+        folder.mkdir(parents=True, exist_ok=True)
         for shot in shots:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(target) / shot.name)
+            shutil.copy(shot, folder / shot.name)

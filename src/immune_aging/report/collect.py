@@ -7,7 +7,6 @@ raises :class:`~immune_aging.errors.InputError` naming the file.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ import pandas as pd
 
 from immune_aging import io
 from immune_aging.errors import InputError
+from immune_aging.report.provenance import Provenance, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SERIES_PREVIEW_ROWS = 6
 #: columns the report reads from each result table (docs/pipeline.md)
 DE_COLUMNS = ("cell_type", "gene_id", "gene", "baseMean", "log2FoldChange", "pvalue", "padj")
+#: read when present: older DE tables lack it (the report then derives it from age_sd_years)
+DE_OPTIONAL = ("log2fc_per_decade",)
 GSEA_COLUMNS = ("cell_type", "term", "nes", "pval", "fdr", "lead_genes")
 ORA_COLUMNS = ("cell_type", "direction", "term", "overlap", "pval", "padj", "genes")
-#: checkpoint folders whose name differs from the stage that writes them
-FOLDER_STAGE = {"raw": "data"}
 
 
 @dataclass(frozen=True)
@@ -53,23 +53,6 @@ class Series:
     n_rows: int
     columns: tuple[str, ...]
     head: pd.DataFrame
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What ``uns['provenance']`` of an h5ad checkpoint records, plus its shape.
-
-    ``recorded`` is False when the file holds no provenance record.
-    """
-
-    path: str
-    stage: str
-    recorded: bool
-    params: Mapping[str, Any] | None
-    packages: Mapping[str, str]
-    inputs: Mapping[str, str]
-    n_obs: int | None
-    n_vars: int | None
 
 
 @dataclass
@@ -284,7 +267,9 @@ def _read_series(path: Path, stage: str, name: str) -> Series:
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame | None:
+def read_table(
+    path: str | Path, columns: Sequence[str], optional: Sequence[str] = ()
+) -> pd.DataFrame | None:
     """Read the needed columns of a result table, or ``None`` when it does not exist.
 
     Parameters
@@ -293,6 +278,8 @@ def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame | None:
         A parquet file.
     columns
         Columns the report needs; each must be present.
+    optional
+        Columns read too when the file has them.
 
     Returns
     -------
@@ -317,111 +304,7 @@ def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame | None:
     for column in columns:
         if column not in names:
             raise InputError(f"{path}: column {column!r} missing")
-    return pd.read_parquet(path, columns=list(columns))
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def read_provenance(path: str | Path) -> Provenance | None:
-    """Read ``uns['provenance']`` and the shape of an h5ad file with h5py.
-
-    Only the provenance group and the obs/var indexes are read, never the matrix.
-
-    Parameters
-    ----------
-    path
-        An h5ad checkpoint.
-
-    Returns
-    -------
-    Provenance or None
-        ``None`` when the file does not exist. A file without a record gives
-        ``recorded=False`` and the stage guessed from its folder name.
-
-    Raises
-    ------
-    InputError
-        If the file exists but is not an HDF5 (h5ad) file.
-    """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        log.info("%s: not found, its section will say 'not run'", path)
-        return None
-    if not h5py.is_hdf5(path):
-        raise InputError(f"{path}: not an h5ad file (no HDF5 signature)")
-    with h5py.File(path, "r") as fh:
-        n_obs, n_vars = _axis_length(fh, "obs"), _axis_length(fh, "var")
-        node = fh.get("uns/provenance")
-        record = _read_node(node) if node is not None else None
-    fallback = FOLDER_STAGE.get(path.parent.name, path.parent.name)
-    if not isinstance(record, Mapping):
-        return Provenance(path.as_posix(), fallback, False, None, {}, {}, n_obs, n_vars)
-    params = record.get("params")
-    if isinstance(params, str):
-        try:
-            params = json.loads(params)
-        except json.JSONDecodeError:
-            raise InputError(f"{path}: uns['provenance']['params'] is not JSON text") from None
-    inputs = record.get("inputs", {})
-    if isinstance(inputs, str):
-        inputs = json.loads(inputs)
-    return Provenance(
-        path=path.as_posix(),
-        stage=str(record.get("stage") or fallback),
-        recorded=True,
-        params=params if isinstance(params, Mapping) else None,
-        packages={k: str(v) for k, v in _flatten(record.get("packages", {}), sep=".").items()},
-        inputs={k: str(v) for k, v in _flatten(inputs, sep="/").items()},
-        n_obs=n_obs,
-        n_vars=n_vars,
-    )
-
-
-def _flatten(obj: Any, *, sep: str, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into ``{joined key: leaf}``.
-
-    Input paths written as keys with slashes end up as nested HDF5 groups
-    (``data`` / ``raw`` / ``dataset.h5ad``); joining with ``/`` restores them.
-    """
-    if not isinstance(obj, Mapping):
-        return {prefix: obj} if prefix else {}
-    out: dict[str, Any] = {}
-    for key in sorted(obj):
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        out.update(_flatten(obj[key], sep=sep, prefix=name))
-    return out
-
-
-def _read_node(node: Any) -> Any:
-    """Read an HDF5 group or dataset written by anndata into plain Python values."""
-    import h5py
-
-    if isinstance(node, h5py.Group):
-        return {key: _read_node(node[key]) for key in sorted(node.keys())}
-    if node.dtype.kind in ("O", "S", "U") or h5py.check_string_dtype(node.dtype) is not None:
-        value = node.asstr()[()]
-    else:
-        value = node[()]
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return value
-
-
-def _axis_length(fh: Any, axis: str) -> int | None:
-    """Return the length of the obs or var index of an open h5ad file."""
-    group = fh.get(axis)
-    if group is None:
-        return None
-    try:
-        index = group.attrs.get("_index", "_index")
-        if isinstance(index, bytes):
-            index = index.decode()
-        return int(group[index].shape[0])
-    except (KeyError, TypeError, AttributeError):
-        return None
+    return pd.read_parquet(path, columns=[*columns, *(c for c in optional if c in names)])
 
 
 def read_all(
@@ -465,7 +348,7 @@ def read_all(
         figures=figures,
         series=series,
         provenance=sorted((r for r in records if r is not None), key=lambda r: r.path),
-        de=read_table(de, DE_COLUMNS) if de is not None else None,
+        de=read_table(de, DE_COLUMNS, DE_OPTIONAL) if de is not None else None,
         gsea=read_table(gsea, GSEA_COLUMNS) if gsea is not None else None,
         ora=read_table(ora, ORA_COLUMNS) if ora is not None else None,
     )

@@ -63,6 +63,14 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 td.key { white-space: nowrap; }
 tr.dim td, tr.dim td .genes { color: #a3acb7; }
 table.goals td, table.goals th { padding: .35rem .75rem; }
+table.findings { font-size: .82rem; margin-top: 0; }
+table.findings td { padding: .2rem .55rem; }
+table.findings td.ct { min-width: 9rem; max-width: 13rem; }
+table.findings td.ct .meta { color: var(--muted); font-size: .78rem; }
+table.findings td.genes { min-width: 15rem; }
+table.findings td.sets { min-width: 13rem; }
+table.findings .none { color: var(--muted); }
+table.findings span[title] { border-bottom: 1px dotted #a3acb7; }
 .subtables { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 0 2rem; }
 .subtables > .sub { flex: 0 1 auto; min-width: 0; max-width: 100%; }
 .figures {
