@@ -210,3 +210,21 @@ def test_stage_every_cell_type_skipped_is_an_error(stage_env, capsys):
         f" skipped (e.g. {CT!r}: 4 donor(s) of known age, fewer than de.min_donors=6)"
     ) in capsys.readouterr().err
     assert not (stage_env / "de").exists()
+
+
+def test_volcano_labels_the_most_significant_genes_by_symbol():
+    import io as _io
+
+    rows = pd.DataFrame(
+        {
+            "gene_id": ["E1", "E2", "E3", "E4"],
+            "gene": ["AAA", "B$C$", "", "DDD"],
+            "log2FoldChange": [1.0, -2.0, 0.5, 0.1],
+            "pvalue": [1e-6, 1e-8, 1e-3, 0.5],
+            "padj": [1e-5, 1e-7, 1e-2, np.nan],
+        }
+    )
+    fig = de.plot_volcano(rows, cell_type="T", alpha=0.05, label_top=3)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert sorted(labels) == ["AAA", "B\\$C\\$", "E3"]  # top 3 by padj; no symbol: the ID
+    fig.savefig(_io.BytesIO(), format="png")  # "$" in a symbol does not break rendering

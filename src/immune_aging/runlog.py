@@ -30,7 +30,15 @@ def log_path() -> Path:
     return Path(os.environ.get(LOG_DIR_ENV, "logs")) / "runs.jsonl"
 
 
-def append(stage: str, *, started: float, seconds: float, peak_mb: float, status: str) -> None:
+def append(
+    stage: str,
+    *,
+    started: float,
+    seconds: float,
+    peak_mb: float,
+    status: str,
+    cpu_s: float | None = None,
+) -> None:
     """Append one timing record; never fails the stage because of logging.
 
     Parameters
@@ -45,12 +53,15 @@ def append(stage: str, *, started: float, seconds: float, peak_mb: float, status
         Peak resident memory in MiB.
     status
         ``ok``, ``input error`` or ``failed``.
+    cpu_s
+        CPU seconds (user + system, all threads and finished child processes).
     """
     record = {
         "stage": stage,
         "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "start_epoch": round(started, 3),
         "seconds": round(seconds, 2),
+        "cpu_s": cpu_s,
         "peak_mb": peak_mb,
         "status": status,
         "threads": os.environ.get("OMP_NUM_THREADS"),

@@ -49,6 +49,19 @@ def parser(stage: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def cpu_seconds() -> float:
+    """Return the CPU time (user + system) of this process and its finished children.
+
+    Returns
+    -------
+    float
+        Seconds, all threads together.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime, 2)
+
+
 def peak_memory_mb() -> float:
     """Return the peak resident memory of this process and its children, in MiB.
 
@@ -116,7 +129,12 @@ def run_stage(
     finally:
         duration = time.perf_counter() - t0
         runlog.append(
-            stage, started=started, seconds=duration, peak_mb=peak_memory_mb(), status=status
+            stage,
+            started=started,
+            seconds=duration,
+            cpu_s=cpu_seconds(),
+            peak_mb=peak_memory_mb(),
+            status=status,
         )
         if status == "ok":
             log.info("done in %.1f s, peak memory %.0f MiB", duration, peak_memory_mb())

@@ -354,8 +354,14 @@ def figures(
     return out
 
 
-def plot_volcano(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
-    """Draw a volcano plot of one cell type's age effects.
+#: Genes labelled by symbol on each volcano plot (the smallest adjusted p-values).
+VOLCANO_LABELS = 10
+
+
+def plot_volcano(
+    results: pd.DataFrame, *, cell_type: str, alpha: float, label_top: int = VOLCANO_LABELS
+) -> Any:
+    """Draw a volcano plot of one cell type's age effects, the top genes labelled.
 
     Parameters
     ----------
@@ -365,6 +371,9 @@ def plot_volcano(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
         Its label (title).
     alpha
         Adjusted p-value cut that colours significant genes.
+    label_top
+        The genes with the smallest adjusted p-values (then p-values) labelled by
+        symbol (gene ID when the symbol is empty).
 
     Returns
     -------
@@ -381,6 +390,7 @@ def plot_volcano(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
     sig = (results["padj"] < alpha).to_numpy()
     colour = np.where(sig & (lfc > 0), "tab:red", np.where(sig & (lfc < 0), "tab:blue", "0.7"))
     ax.scatter(lfc, y, c=colour, s=6, linewidths=0, rasterized=False)
+    _label_genes(ax, results.assign(neglog10p=y), label_top)
     ax.axvline(0, color="0.5", lw=0.5)
     ax.set_xlabel("log2 fold change per SD of age")
     ax.set_ylabel("-log10 p-value")
@@ -390,6 +400,40 @@ def plot_volcano(results: pd.DataFrame, *, cell_type: str, alpha: float) -> Any:
         fontsize=9,
     )
     return fig
+
+
+def _label_genes(ax: Any, rows: pd.DataFrame, n: int) -> None:
+    """Label the ``n`` most significant genes, texts stacked apart on each side of zero."""
+    top = (
+        rows.loc[rows["padj"].notna()]
+        .sort_values(["padj", "pvalue", "gene_id"], kind="mergesort")
+        .head(n)
+    )
+    if top.empty:
+        return
+    y_span = max(float(rows["neglog10p"].max()), 1.0)
+    x_span = max(float(rows["log2FoldChange"].abs().max()), 1e-6)
+    gap = 0.045 * y_span  # the height of one label, in data units
+    for side, part in top.groupby(top["log2FoldChange"] >= 0, sort=True):
+        placed: list[float] = []
+        for row in part.sort_values(
+            ["neglog10p", "gene_id"], ascending=[False, True]
+        ).itertuples():
+            y_text = (
+                float(row.neglog10p) if not placed else min(float(row.neglog10p), placed[-1] - gap)
+            )
+            placed.append(y_text)
+            symbol = row.gene if isinstance(row.gene, str) and row.gene else str(row.gene_id)
+            ax.annotate(
+                symbol.replace("$", r"\$"),  # "$" would start matplotlib's mathtext
+                (row.log2FoldChange, row.neglog10p),
+                xytext=(row.log2FoldChange + (0.08 if side else -0.08) * x_span, y_text),
+                textcoords="data",
+                ha="left" if side else "right",
+                va="center",
+                fontsize=6,
+                arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.4},
+            )
 
 
 def plot_de_counts(counts: pd.DataFrame) -> Any:

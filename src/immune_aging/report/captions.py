@@ -12,6 +12,8 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
+from immune_aging.names import slug
+
 #: (stage, pattern on the file stem, caption). ``{label}`` is replaced by the part of
 #: the stem the ``*`` matched, with underscores shown as spaces (e.g. a cell type).
 CAPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -192,7 +194,8 @@ CAPTIONS: tuple[tuple[str, str, str], ...] = (
         "volcano*",
         "Volcano plot for {label}: one dot per gene; x is the log2 fold change per "
         "standard deviation of age (right: higher in older donors), y is -log10 of the "
-        "p-value. Genes significant after BH correction (padj < de.alpha) are highlighted.",
+        "p-value. Genes significant after BH correction (padj < de.alpha) are highlighted; "
+        "the genes with the smallest adjusted p-values are labelled by symbol.",
     ),
     (
         "de",
@@ -273,22 +276,6 @@ CAPTIONS: tuple[tuple[str, str, str], ...] = (
         "Comparison of the results with the simulation truth: {label}.",
     ),
 )
-
-
-def slug(text: str) -> str:
-    """Return ``text`` lower-cased with every run of other characters as one ``_``.
-
-    Parameters
-    ----------
-    text
-        A label, e.g. ``CD16-positive, CD56-dim natural killer cell``.
-
-    Returns
-    -------
-    str
-        E.g. ``cd16_positive_cd56_dim_natural_killer_cell``.
-    """
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def _humanise(text: str) -> str:

@@ -9,12 +9,12 @@ import base64
 import html
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from immune_aging.names import slug
 from immune_aging.report.captions import caption_for
 from immune_aging.report.collect import Figure, Series
 
@@ -259,7 +259,7 @@ def plain(value: Any) -> Any:
 
 def anchor_slug(text: str) -> str:
     """Return ``text`` lower-cased with runs of other characters as one ``-``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    return slug(text, sep="-", default="x")
 
 
 def anchors_for(prefix: str, labels: Sequence[str]) -> dict[str, str]:
