@@ -4,19 +4,23 @@ The public API is small:
 
 - :func:`validate_dataset` checks annotations and finds the raw counts;
 - :func:`counts_location` only finds the raw counts;
-- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`.
+- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`;
+- :func:`check_csr_indptr` and :func:`check_csr_block` check the structure of a
+  sparse matrix (whole ``indptr``; a block of rows with its column indices).
 
 All of them work on a backed AnnData and read only ``obs``, ``var`` and a
 deterministic sample of rows of ``X`` / ``raw.X``. Raw counts are recognised
 by their values (finite, non-negative, integer-valued): CELLxGENE keeps raw
 counts in ``X`` when there is no normalised matrix, otherwise normalised values
 in ``X`` and raw counts in ``raw.X``. Normalised values are never taken for
-counts. Every problem raises :class:`~immune_aging.errors.InputError` with one
-line naming the file and the field.
+counts. Every problem raises
+:class:`~immune_aging.errors.InputError` with one line naming the file and the
+field.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -27,6 +31,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from immune_aging.errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: obs columns every input must have.
 REQUIRED_OBS = ("donor_id", "cell_type", "development_stage", "sex")
@@ -99,9 +105,10 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
 
     A matrix holds raw counts when a deterministic sample of its rows (about
     2000 rows in 10 blocks spread over the file; more when these hold only
-    zeros) is finite, non-negative and integer-valued. ``X`` is preferred;
-    ``raw.X`` is used when ``X`` fails, provided its genes can be matched to
-    symbols (``raw.var`` has ``feature_name`` or the same index as ``var``).
+    zeros) is finite, non-negative and integer-valued, and its sparse structure
+    is sound. ``X`` is preferred; ``raw.X`` is used when ``X`` fails, provided
+    its genes can be matched to symbols (``raw.var`` has ``feature_name`` or the
+    same index as ``var``).
 
     Parameters
     ----------
@@ -118,9 +125,10 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
     Raises
     ------
     InputError
-        When neither ``X`` nor ``raw.X`` holds raw counts.
+        When neither ``X`` nor ``raw.X`` holds raw counts, or when a read of
+        either fails (a damaged file).
     """
-    x_problem = _count_problem(adata.X, adata.n_obs)
+    x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
     if x_problem is None:
         return "X"
     raw = adata.raw
@@ -128,7 +136,7 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
         raise InputError(
             f"{path}: X holds {x_problem} and there is no raw.X: raw counts are required"
         )
-    raw_problem = _count_problem(raw.X, adata.n_obs)
+    raw_problem = _count_problem(raw.X, adata.n_obs, path, "raw.X")
     if raw_problem is not None:
         raise InputError(
             f"{path}: neither X nor raw.X holds raw counts (X: {x_problem}; "
@@ -196,28 +204,33 @@ def _values(block: Any) -> np.ndarray:
     return np.asarray(block).ravel()
 
 
-def _count_problem(matrix: Any, n_rows: int) -> str | None:
+def _count_problem(matrix: Any, n_rows: int, path: Any, what: str) -> str | None:
     """Describe why ``matrix`` does not hold raw counts, or return None when it does."""
+    from immune_aging.guard import reading
+
     if matrix is None:
         return "no values"
     seen_nonzero = False
-    for a, b in _sample_starts(n_rows):
-        problem, nonzero = _block_problem(matrix[a:b])
-        if problem:
-            return problem
-        seen_nonzero |= nonzero
-    for a in range(0, n_rows, _SCAN_ROWS):  # a sample of zeros proves nothing: read on
-        if seen_nonzero:
-            break
-        problem, seen_nonzero = _block_problem(matrix[a : a + _SCAN_ROWS])
-        if problem:
-            return problem
+    with reading(path, what):
+        for a, b in _sample_starts(n_rows):
+            problem, nonzero = _block_problem(matrix[a:b], path, what)
+            if problem:
+                return problem
+            seen_nonzero |= nonzero
+        for a in range(0, n_rows, _SCAN_ROWS):  # a sample of zeros proves nothing: read on
+            if seen_nonzero:
+                break
+            problem, seen_nonzero = _block_problem(matrix[a : a + _SCAN_ROWS], path, what)
+            if problem:
+                return problem
     if not seen_nonzero:
         return "only zeros"
     return None
 
 
-def _block_problem(block: Any) -> tuple[str | None, bool]:
+def _block_problem(block: Any, path: Any, what: str) -> tuple[str | None, bool]:
+    if sp.issparse(block) and block.format == "csr":
+        check_csr_block(block.indptr, block.indices, block.shape[1], where=f"{path}: {what}")
     values = _values(block)
     if values.size == 0:
         return None, False
@@ -238,3 +251,88 @@ def _block_problem(block: Any) -> tuple[str | None, bool]:
     if neg.size:
         return f"negative values (e.g. {neg[0]:g})", True
     return None, bool((values != 0).any())
+
+
+# --------------------------------------------------------------------------- sparse structure
+
+
+def check_csr_indptr(indptr: Any, n_rows: int, nnz: int, *, where: str) -> None:
+    """Check the row pointer of a CSR matrix (or the column pointer of a CSC one).
+
+    Parameters
+    ----------
+    indptr
+        The pointer array (1-D, integers).
+    n_rows
+        Rows of the matrix (columns for CSC).
+    nnz
+        Stored entries (the length of ``data`` and ``indices``).
+    where
+        Prefix of the message (file and matrix).
+
+    Raises
+    ------
+    InputError
+        ``<where>: corrupt sparse matrix (...)`` unless ``indptr`` has
+        ``n_rows + 1`` entries, starts at 0, never decreases and ends at ``nnz``.
+    """
+    indptr = np.asarray(indptr)
+    if indptr.ndim != 1 or indptr.dtype.kind not in "iu":
+        raise InputError(f"{where}: corrupt sparse matrix (indptr is not a 1-D integer array)")
+    if len(indptr) != n_rows + 1:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr has {len(indptr)} entries for "
+            f"{n_rows} rows, expected {n_rows + 1})"
+        )
+    if int(indptr[0]) != 0:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr starts at {int(indptr[0])}, not 0)"
+        )
+    steps = np.diff(indptr.astype(np.int64, copy=False))
+    if steps.size and int(steps.min()) < 0:
+        row = int(np.argmax(steps < 0))
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr decreases at row {row}: "
+            f"{int(indptr[row])} then {int(indptr[row + 1])})"
+        )
+    if int(indptr[-1]) != nnz:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr ends at {int(indptr[-1])}, but there are "
+            f"{nnz} stored entries)"
+        )
+
+
+def check_csr_block(indptr: Any, indices: Any, n_cols: int, *, where: str) -> None:
+    """Check a block of CSR rows: its row pointer and that column indices are in range.
+
+    ``indptr`` is relative to the block (starts at 0). The check is two passes of
+    min/max over the block, cheap next to reading it.
+
+    Parameters
+    ----------
+    indptr
+        Row pointer of the block.
+    indices
+        Column indices of its stored entries.
+    n_cols
+        Columns of the matrix.
+    where
+        Prefix of the message (file and matrix).
+
+    Raises
+    ------
+    InputError
+        ``<where>: corrupt sparse matrix (...)`` naming the first defect.
+    """
+    indices = np.asarray(indices)
+    check_csr_indptr(indptr, len(indptr) - 1, len(indices), where=where)
+    if indices.size == 0:
+        return
+    if indices.dtype.kind not in "iu":
+        raise InputError(f"{where}: corrupt sparse matrix (column indices are not integers)")
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= n_cols:
+        bad = low if low < 0 else high
+        raise InputError(
+            f"{where}: corrupt sparse matrix (column index {bad} outside 0..{n_cols - 1})"
+        )

@@ -27,7 +27,9 @@ from scipy import sparse
 from immune_aging import io, stage
 from immune_aging.analysis import filtering
 from immune_aging.errors import InputError
+from immune_aging.guard import reading
 from immune_aging.params import as_dict
+from immune_aging.validate import check_csr_block
 
 STAGE = "filter"
 log = logging.getLogger(__name__)
@@ -133,10 +135,11 @@ def read_counts(
     Raises
     ------
     InputError
-        If a value is negative, fractional or not finite.
+        If a value is negative, fractional or not finite, or the file is damaged
+        (a read fails, or the sparse structure is unsound).
     """
     key = "X" if location == "X" else "raw/X"
-    with h5py.File(path, "r") as fh:
+    with h5py.File(path, "r") as fh, reading(path, location):
         node = fh[key]
         n_rows, n_cols = _matrix_shape(node)
         if n_rows != len(keep):
@@ -151,6 +154,7 @@ def read_counts(
         totals = np.zeros(n_cols, dtype=np.float64)
         pos = 0
         for a, block in _row_blocks(node, (n_rows, n_cols)):
+            check_csr_block(block.indptr, block.indices, n_cols, where=f"{path}: {location}")
             rows = keep[a : a + block.shape[0]]
             sub = block if rows.all() else block[np.flatnonzero(rows)]
             sub.sum_duplicates()
