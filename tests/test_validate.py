@@ -193,6 +193,28 @@ def test_sample_of_zeros_reads_on_and_finds_values(tmp_path):
     assert validate_dataset(adata, P) == "X"
 
 
+# --------------------------------------------------------------------------- raw.X rule
+
+
+def test_raw_x_is_chosen_when_x_is_integer_valued_too(caplog):
+    """CELLxGENE's rule: raw.X holds the raw counts when present, even if X looks like counts."""
+    doubled = COUNTS * 2  # integer-valued, but not the raw counts
+    with caplog.at_level("INFO", logger="immune_aging.validate"):
+        assert validate_dataset(make(doubled, raw=COUNTS), P) == "raw.X"
+    assert "X and raw.X both hold integer values; raw counts are taken from raw.X" in caplog.text
+
+
+def test_x_is_taken_over_a_raw_x_without_counts_with_a_warning(caplog):
+    """A raw.X of normalised values (scanpy's habit) and counts in X: X, said loudly."""
+    with caplog.at_level("WARNING", logger="immune_aging.validate"):
+        assert validate_dataset(make(COUNTS, raw=normalised()), P) == "X"
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage() == (
+        f"{P}: raw.X holds non-integer values (e.g. 7.824), so the raw counts are taken from X "
+        "(CELLxGENE keeps them in raw.X when it exists)"
+    )
+
+
 # --------------------------------------------------------------------------- sparse structure
 
 

@@ -10,10 +10,13 @@ The public API is small:
 
 All of them work on a backed AnnData and read only ``obs``, ``var`` and a
 deterministic sample of rows of ``X`` / ``raw.X``. Raw counts are recognised
-by their values (finite, non-negative, integer-valued): CELLxGENE keeps raw
-counts in ``X`` when there is no normalised matrix, otherwise normalised values
-in ``X`` and raw counts in ``raw.X``. Normalised values are never taken for
-counts. Every problem raises
+by their values (finite, non-negative, integer-valued), and where they are
+follows CELLxGENE's rule: when ``raw.X`` is present it holds the raw counts (and
+``X`` normalised values), otherwise ``X`` holds them. ``raw.X`` is therefore
+chosen whenever it holds counts, even when ``X`` is integer-valued too; ``X`` is
+taken instead of a present ``raw.X`` only when ``raw.X`` fails the count check
+and ``X`` passes it, with a warning naming the reason. Normalised values are
+never taken for counts. Every problem raises
 :class:`~immune_aging.errors.InputError` with one line naming the file and the
 field.
 """
@@ -106,9 +109,12 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
     A matrix holds raw counts when a deterministic sample of its rows (about
     2000 rows in 10 blocks spread over the file; more when these hold only
     zeros) is finite, non-negative and integer-valued, and its sparse structure
-    is sound. ``X`` is preferred; ``raw.X`` is used when ``X`` fails, provided
-    its genes can be matched to symbols (``raw.var`` has ``feature_name`` or the
-    same index as ``var``).
+    is sound. The rule is CELLxGENE's: when ``raw.X`` exists it holds the raw
+    counts, so it is chosen whenever it passes, also when ``X`` is
+    integer-valued too (logged); ``X`` is chosen when there is no ``raw.X``, or
+    when ``raw.X`` fails and ``X`` passes (a warning names why ``raw.X`` was
+    not used). ``raw.X`` needs genes that can be matched to symbols
+    (``raw.var`` has ``feature_name`` or the same index as ``var``).
 
     Parameters
     ----------
@@ -128,23 +134,38 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
         When neither ``X`` nor ``raw.X`` holds raw counts, or when a read of
         either fails (a damaged file).
     """
-    x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
-    if x_problem is None:
-        return "X"
     raw = adata.raw
     if raw is None:
+        x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
+        if x_problem is None:
+            return "X"
         raise InputError(
             f"{path}: X holds {x_problem} and there is no raw.X: raw counts are required"
         )
     raw_problem = _count_problem(raw.X, adata.n_obs, path, "raw.X")
-    if raw_problem is not None:
+    x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
+    if raw_problem is not None and x_problem is not None:
         raise InputError(
             f"{path}: neither X nor raw.X holds raw counts (X: {x_problem}; "
             f"raw.X: {raw_problem}): raw counts are required"
         )
+    if raw_problem is not None:
+        log.warning(
+            "%s: raw.X holds %s, so the raw counts are taken from X (CELLxGENE keeps them "
+            "in raw.X when it exists)",
+            path,
+            raw_problem,
+        )
+        return "X"
     if SYMBOL_COLUMN not in raw.var.columns and not raw.var_names.equals(adata.var_names):
         raise InputError(
             f"{path}: raw.var has no {SYMBOL_COLUMN!r} column and its genes differ from var"
+        )
+    if x_problem is None:
+        log.info(
+            "%s: X and raw.X both hold integer values; raw counts are taken from raw.X "
+            "(CELLxGENE's rule: raw.X holds the raw counts when present)",
+            path,
         )
     return "raw.X"
 
