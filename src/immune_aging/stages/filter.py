@@ -224,7 +224,9 @@ def body(args: argparse.Namespace, params: Any) -> None:
         percent_donors=params.percent_donors,
     )
     counts, genes = read_counts(args.input, location, selection.keep)
-    filtered = filtering.assemble_filtered(counts, obs.loc[selection.keep], var.loc[genes])
+    filtered = filtering.assemble_filtered(
+        counts, obs.loc[selection.keep], var.loc[genes], extra_obs=params.keep_obs
+    )
     filtered.uns["provenance"] = io.provenance(STAGE, as_dict(params), [args.input])
     metrics = filtering.filter_metrics(
         selection,
