@@ -262,3 +262,26 @@ def test_stage_every_cell_type_skipped_is_an_error(stage_env, capsys):
         f" skipped (e.g. {CT!r}: 4 donor(s) of known age, fewer than de.min_donors=6)"
     ) in capsys.readouterr().err
     assert not (stage_env / "de").exists()
+
+
+def test_sex_labels_make_missing_and_empty_unknown():
+    labels = de.sex_labels(pd.Categorical(["Female", "male ", None, "unknown"]))
+    assert labels.tolist() == ["female", "male", "unknown", "unknown"]
+    assert de.sex_labels(np.array(["male", "", np.nan], dtype=object)).tolist() == [
+        "male",
+        "unknown",
+        "unknown",
+    ]
+
+
+def test_unknown_sex_is_a_level_of_its_own_in_the_design():
+    adata = make_pseudobulk(12, extra=False)
+    sexes = adata.obs["sex"].astype(str).to_numpy().copy()
+    sexes[[0, 1]] = ["unknown", ""]
+    adata.obs["sex"] = pd.Categorical(sexes)
+    _, metadata, summary = de.prepare_cell_type(adata, CT, min_total_count=10, min_donors=6)
+    assert summary.design == "~age_scaled + sex"
+    assert sorted(metadata["sex"].cat.categories) == ["female", "male", "unknown"]
+    assert metadata["sex"].astype(str).tolist()[:2] == ["unknown", "unknown"]
+    # neither counted as female nor as male
+    assert (metadata["sex"] == "female").sum() == (sexes[2:] == "female").sum()

@@ -13,6 +13,11 @@ Donors of unknown age (NaN) are dropped and counted. A cell type is skipped, wit
 its reason recorded, when it has too few donors of known age, a single age, no
 gene above the count threshold, or too few donors for the design; when all its
 donors share one sex the design falls back to ``~ age_scaled``.
+
+Sex labels are normalised by :func:`sex_labels` (lower case; missing or empty is
+``"unknown"``, CELLxGENE's term). ``"unknown"`` is a level of the sex factor of its
+own: a donor of unknown sex is counted neither as female nor as male. The predict
+stage encodes sex the same way (:func:`immune_aging.analysis.predict.sex_features`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,28 @@ RESULT_COLUMNS = [
 ]
 #: obs columns the pseudobulk input must carry.
 REQUIRED_OBS = ("cell_type", "donor_id", "sex", "age")
+#: Sex label of donors whose sex is not recorded (also given to missing and empty values).
+UNKNOWN_SEX = "unknown"
+
+
+def sex_labels(values: Any) -> np.ndarray:
+    """Normalise sex labels the same way for de and predict.
+
+    Parameters
+    ----------
+    values
+        Labels per sample (strings, categorical, with missing values).
+
+    Returns
+    -------
+    ndarray
+        Strings, stripped and lower-cased; missing, empty and ``"nan"`` values
+        become :data:`UNKNOWN_SEX`.
+    """
+    series = pd.Series(values, dtype="object")
+    labels = series.astype(str).str.strip().str.lower()
+    missing = series.isna().to_numpy() | labels.isin(["", "nan", "none"]).to_numpy()
+    return np.where(missing, UNKNOWN_SEX, labels.to_numpy()).astype(str)
 
 
 @dataclass
@@ -193,8 +220,7 @@ def prepare_cell_type(
     if not sd > 0:
         summary.skipped = "every donor has the same age"
         return None, None, summary
-    sex = obs["sex"].astype(str).to_numpy()[known]
-    sex = np.where(pd.isna(obs["sex"].to_numpy()[known]), "unknown", sex)
+    sex = sex_labels(obs["sex"].to_numpy()[known])
     n_sexes = len(np.unique(sex))
     design = "~age_scaled + sex" if n_sexes > 1 else "~age_scaled"
     n_coef = 2 + (n_sexes - 1 if n_sexes > 1 else 0)
