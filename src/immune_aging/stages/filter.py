@@ -160,7 +160,8 @@ def read_counts(
             sub.sum_duplicates()
             sub.eliminate_zeros()
             values = sub.data
-            bad = ~np.isfinite(values) | (values < 0) | (values != np.rint(values))
+            with np.errstate(invalid="ignore"):  # a signalling NaN (damaged file) warns
+                bad = ~np.isfinite(values) | (values < 0) | (values != np.rint(values))
             if bad.any():
                 raise InputError(
                     f"{path}: {location} holds a value that is not a count "
