@@ -207,6 +207,29 @@ def test_external_link_is_refused(tmp_path):
     )
 
 
+def test_datasets_stored_in_other_files_are_refused(tmp_path):
+    path = tmp_path / "vds.h5ad"
+    dataset().write_h5ad(path)
+    source = tmp_path / "source.h5"
+    with h5py.File(source, "w") as f:
+        f["v"] = np.arange(4)
+    layout = h5py.VirtualLayout(shape=(4,), dtype=np.int64)
+    layout[:] = h5py.VirtualSource(str(source), "v", shape=(4,))
+    with h5py.File(path, "a") as f:
+        f["uns"].create_virtual_dataset("mapped", layout)
+    with pytest.raises(InputError) as err:
+        guard.check_h5ad(path)
+    assert str(err.value) == (
+        f"{path}: corrupt HDF5 file (/uns/mapped: a virtual dataset, mapping other files"
+        " (not followed))"
+    )
+    dataset().write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        f["uns"].create_dataset("outside", shape=(4,), dtype="i8", external=[(str(source), 0, 32)])
+    with pytest.raises(InputError, match=r"/uns/outside: its data are stored in other files"):
+        guard.check_h5ad(path)
+
+
 def test_indptr_and_shape_are_checked(tmp_path):
     path = tmp_path / "indptr.h5ad"
     dataset().write_h5ad(path)

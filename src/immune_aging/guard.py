@@ -9,7 +9,7 @@ size (:func:`cpu_limit`), plus a wall-clock limit for a child that stops without
 using CPU. The walk reads
 
 - every group: its attributes and its links (an external link, which would open
-  another file, is refused);
+  another file, is refused, and so are virtual datasets and external storage);
 - every dataset: its type, shape, creation properties (an HDF5 filter that is not
   available is reported) and attributes, including every variable-length string;
 - the values of every dataset up to :data:`FULL_READ_MAX_BYTES` (all annotations:
@@ -345,6 +345,10 @@ class _Walk:
         self.emit(f"reading the type and shape of {name}")
         dtype, shape = dset.dtype, dset.shape
         plist = dset.id.get_create_plist()
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            raise _Problem(f"{name}: a virtual dataset, mapping other files (not followed)")
+        if plist.get_external_count():
+            raise _Problem(f"{name}: its data are stored in other files (not followed)")
         for i in range(plist.get_nfilters()):
             code, _, _, label = plist.get_filter(i)
             if not h5py.h5z.filter_avail(code):
