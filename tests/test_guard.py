@@ -230,6 +230,19 @@ def test_datasets_stored_in_other_files_are_refused(tmp_path):
         guard.check_h5ad(path)
 
 
+def test_names_from_the_file_are_printed_safely(tmp_path):
+    path = tmp_path / "names.h5ad"
+    dataset().write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        f["uns"]["bad\x1b[31mname\nx"] = h5py.ExternalLink("other.h5", "/")
+    with pytest.raises(InputError) as err:
+        guard.check_h5ad(path)
+    assert str(err.value) == (
+        f"{path}: corrupt HDF5 file (/uns/bad?[31mname?x: external link to 'other.h5' (not"
+        " followed))"
+    )
+
+
 def test_indptr_and_shape_are_checked(tmp_path):
     path = tmp_path / "indptr.h5ad"
     dataset().write_h5ad(path)

@@ -262,6 +262,7 @@ def _verdict(
     last_step = "opening it"
     for line in lines:
         kind, _, text = line.partition(" ")
+        text = _printable(text)
         if kind == "ok" and status == ("exit", 0):
             return json.loads(text)
         if kind == "error":
@@ -394,8 +395,11 @@ def _child(path: str, limit: float, fd: int) -> int:
     _limit_resources(limit)
     out = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")
 
+    def say(kind: str, text: str) -> None:  # one line each: names may hold newlines
+        out.write(f"{kind} {text.replace(chr(10), '?').replace(chr(13), '?')}\n")
+
     def emit(step: str) -> None:
-        out.write(f"at {step}\n")
+        say("at", step)
 
     t0 = time.process_time()
     step = ["opening it"]
@@ -411,7 +415,7 @@ def _child(path: str, limit: float, fd: int) -> int:
         try:
             fh = h5py.File(path, "r")
         except Exception as exc:  # HDF5 cannot open it at all (truncated, bad superblock)
-            out.write(f"error not a readable h5ad file ({type(exc).__name__})\n")
+            say("error", f"not a readable h5ad file ({type(exc).__name__})")
             return 0
         with fh:
             walk = _Walk(tracked, os.path.getsize(path))
@@ -425,17 +429,17 @@ def _child(path: str, limit: float, fd: int) -> int:
             "cpu_s": round(time.process_time() - t0, 3),
             "cpu_limit_s": round(limit, 1),
         }
-        out.write(f"ok {json.dumps(result)}\n")
+        say("ok", json.dumps(result))
     except _NotAnnData as exc:
-        out.write(f"error not an h5ad file ({exc})\n")
+        say("error", f"not an h5ad file ({exc})")
     except InputError as exc:
-        out.write(f"error corrupt HDF5 file ({exc})\n")
+        say("error", f"corrupt HDF5 file ({exc})")
     except _Problem as exc:
-        out.write(f"error corrupt HDF5 file ({exc})\n")
+        say("error", f"corrupt HDF5 file ({exc})")
     except MemoryError:
-        out.write(f"error corrupt HDF5 file ({step[0]} needed more memory than allowed)\n")
+        say("error", f"corrupt HDF5 file ({step[0]} needed more memory than allowed)")
     except Exception as exc:  # anything the HDF5 library raises for a damaged file
-        out.write(f"error corrupt HDF5 file ({step[0]}: {describe(exc)})\n")
+        say("error", f"corrupt HDF5 file ({step[0]}: {describe(exc)})")
     out.flush()
     return 0
 
@@ -543,6 +547,12 @@ def _check_matrix(node: Any, name: str, n_obs: int | None, n_vars: int | None) -
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _printable(text: str, limit: int = 400) -> str:
+    """Names read from a damaged file may hold control characters or be very long."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(exc: BaseException) -> str:
