@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
 from immune_aging import counts, io, names
-from immune_aging.analysis import de
+from immune_aging.analysis import age, de
 from immune_aging.errors import InputError
 from immune_aging.stages import de as de_stage
 
@@ -228,3 +228,26 @@ def test_volcano_labels_the_most_significant_genes_by_symbol():
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert sorted(labels) == ["AAA", "B\\$C\\$", "E3"]  # top 3 by padj; no symbol: the ID
     fig.savefig(_io.BytesIO(), format="png")  # "$" in a symbol does not break rendering
+
+
+def test_sex_labels_make_missing_and_empty_unknown():
+    labels = age.sex_labels(pd.Categorical(["Female", "male ", None, "unknown"]))
+    assert labels.tolist() == ["female", "male", "unknown", "unknown"]
+    assert age.sex_labels(np.array(["male", "", np.nan], dtype=object)).tolist() == [
+        "male",
+        "unknown",
+        "unknown",
+    ]
+
+
+def test_unknown_sex_is_a_level_of_its_own_in_the_design():
+    adata = make_pseudobulk(12, extra=False)
+    sexes = adata.obs["sex"].astype(str).to_numpy().copy()
+    sexes[[0, 1]] = ["unknown", ""]
+    adata.obs["sex"] = pd.Categorical(sexes)
+    _, metadata, summary = de.prepare_cell_type(adata, CT, min_total_count=10, min_donors=6)
+    assert summary.design == "~age_scaled + sex"
+    assert sorted(metadata["sex"].cat.categories) == ["female", "male", "unknown"]
+    assert metadata["sex"].astype(str).tolist()[:2] == ["unknown", "unknown"]
+    # neither counted as female nor as male
+    assert (metadata["sex"] == "female").sum() == (sexes[2:] == "female").sum()

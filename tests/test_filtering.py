@@ -290,3 +290,40 @@ def test_stage_error_writes_nothing(tmp_path, monkeypatch, capsys):
         "error: filter: filter.min_cells_per_celltype=50 and filter.percent_donors=0.6 keep no "
         "cell type: none has >= 50 cells in >= 1.2 of 2 donors"
     )
+
+
+# --------------------------------------------------------------------------- pool column
+
+
+def test_assemble_carries_the_extra_columns_named(caplog):
+    obs = make_obs({"d1": {"A": 2}, "d2": {"A": 1}})
+    obs["pool_number"] = pd.Categorical(["7", "7", "9"], categories=["7", "8", "9"])
+    obs["pool"] = "P1"
+    var = pd.DataFrame({"feature_name": ["G1", "G2"]}, index=["E1", "E2"])
+    counts = np.array([[1, 0], [0, 2], [3, 1]], dtype=np.float32)
+    with caplog.at_level("INFO", logger="immune_aging.analysis.filtering"):
+        out = filtering.assemble_filtered(
+            counts, obs, var, extra_obs=["pool_number", "lane", "sex", "pool_number"]
+        )
+    assert out.obs.columns.tolist() == [
+        "donor_id",
+        "cell_type",
+        "development_stage",
+        "sex",
+        "pool_number",
+    ]  # not 'pool' (not named), 'sex' once, the absent 'lane' logged
+    assert out.obs["pool_number"].cat.categories.tolist() == ["7", "9"]
+    assert "obs columns not in the input, not carried: lane" in caplog.text
+
+
+def test_stage_carries_the_pool_column_named_by_keep_obs(tmp_path, monkeypatch):
+    """OneK1K names its 10x pool 'pool_number': filter.keep_obs carries it for qc.pool_key."""
+    adata = dataset()
+    adata.obs["pool_number"] = pd.Categorical(np.where(adata.obs["donor_id"] == "d1", "1", "2"))
+    code, out = run_stage(tmp_path, monkeypatch, adata, keep_obs=["pool_number"])
+    assert code == 0
+    filtered = io.read_h5ad(out / "filtered.h5ad")
+    assert "pool_number" in filtered.obs.columns
+    assert filtered.obs["pool_number"].astype(str).to_dict() == (
+        adata.obs.loc[filtered.obs_names, "pool_number"].astype(str).to_dict()
+    )

@@ -174,3 +174,18 @@ def test_stage_enrichr_offline_writes_nothing(stage_env, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "error: ora: ora.backend: 'enrichr' needs the Enrichr web service" in err
     assert not (stage_env / "ora").exists() and not (stage_env / "metrics").exists()
+
+
+def test_background_is_the_genes_with_a_de_test():
+    # GENE20..GENE29 got no padj (independent filtering): they could never have been
+    # significant, so they leave the background, and OTHER (GENE21..29) leaves the test
+    table = de_table()
+    table.loc[20:29, "padj"] = np.nan
+    results, summary = ora.ora(table, SETS, padj=0.05, min_size=3, max_size=100)
+    # universe: UP_SET 6 (GENE20 untested), DOWN_SET 4 (GENE30 is tested: 5), = GENE0..9, 30
+    assert summary["T cell"]["n_background"] == 11
+    up = results[results["direction"] == "up"].set_index("term")
+    assert up.loc["UP_SET", "overlap"] == "6/6"
+    assert up.loc["UP_SET", "pval"] == pytest.approx(1 / comb(11, 6))
+    _, full_summary = ora.ora(de_table(), SETS, padj=0.05, min_size=3, max_size=100)
+    assert full_summary["T cell"]["n_background"] == 21  # every gene tested: unchanged

@@ -10,7 +10,7 @@ import pytest
 from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
 from immune_aging import io
-from immune_aging.analysis import predict
+from immune_aging.analysis import age, predict
 from immune_aging.stages import predict as predict_stage
 
 OPTS = {"C": 1.0, "n_splits": 3, "test_size": 0.25, "seed": 42, "n_top_genes": 20}
@@ -118,3 +118,25 @@ def test_stage_is_deterministic(stage_env, tmp_path):
     assert predict_stage.main(stage_args(stage_env)) == 0
     assert (stage_env / "metrics" / "predict.json").read_bytes() == first
     assert (stage_env / "plots" / "predict" / "predictions.png").read_bytes() == png
+
+
+def test_unknown_sex_gets_its_own_column_as_in_de():
+
+    sex = pd.Series(["male", "female", "unknown", None, ""])
+    features = predict.sex_features(sex)
+    np.testing.assert_array_equal(features, [[1, 0], [0, 0], [0, 1], [0, 1], [0, 1]])
+    # the same donors are unknown for de (a level of its own of the sex factor)
+    assert (age.sex_labels(sex) == "unknown").tolist() == (features[:, 1] == 1).tolist()
+    # female and male only: one column, as sex_feature
+    two = pd.Series(["male", "female", "female"])
+    np.testing.assert_array_equal(predict.sex_features(two), predict.sex_feature(two))
+
+
+def test_prediction_runs_with_donors_of_unknown_sex():
+    adata = make_pseudobulk(24, effect=1.0)
+    sexes = adata.obs["sex"].astype(str).to_numpy().copy()
+    sexes[:3] = "unknown"
+    adata.obs["sex"] = pd.Categorical(sexes)
+    metrics, _ = predict.predict_age(adata, **OPTS)
+    assert metrics[CT]["n_donors"] == 24
+    assert np.isfinite(metrics[CT]["r2_mean"]) and np.isfinite(metrics[CT]["baseline_r2_mean"])

@@ -4,7 +4,9 @@ A stage's deps must list its stage module and every module of the project it
 imports, directly or through other project modules, so that editing that code
 reruns the stage; and nothing more, so that editing other code does not. The
 harness modules that never shape an output (the stage template, parameter
-parsing, errors, threads, the executor and the run log) are not listed.
+parsing, errors, threads, determinism settings, the executor, the run log and the
+guard against damaged files, which can only refuse an input) are not listed, and
+their own imports are not followed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ HARNESS = {
     "immune_aging.threads",
     "immune_aging.executor",
     "immune_aging.runlog",
+    "immune_aging.guard",
+    "immune_aging.determinism",
     "immune_aging.analysis",
     "immune_aging.stages",
 }
@@ -76,7 +80,8 @@ def closure(name: str) -> set[str]:
         if current in seen:
             continue
         seen.add(current)
-        todo.extend(imports(current))
+        if current not in HARNESS or current == name:
+            todo.extend(imports(current))
     return seen
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from immune_aging import io
+from immune_aging import counts, io
 from immune_aging.errors import InputError
 from immune_aging.validate import counts_location, validate_dataset, validate_file
 
@@ -191,3 +191,77 @@ def test_sample_of_zeros_reads_on_and_finds_values(tmp_path):
     assert message(adata).startswith(f"{P}: X holds non-integer values (e.g. 0.5)")
     adata.X = sp.csr_matrix(adata.X * 2)
     assert validate_dataset(adata, P) == "X"
+
+
+# --------------------------------------------------------------------------- raw.X rule
+
+
+def test_raw_x_is_chosen_when_x_is_integer_valued_too(caplog):
+    """CELLxGENE's rule: raw.X holds the raw counts when present, even if X looks like counts."""
+    doubled = COUNTS * 2  # integer-valued, but not the raw counts
+    with caplog.at_level("INFO", logger="immune_aging.validate"):
+        assert validate_dataset(make(doubled, raw=COUNTS), P) == "raw.X"
+    assert "X and raw.X both hold integer values; raw counts are taken from raw.X" in caplog.text
+
+
+def test_x_is_taken_over_a_raw_x_without_counts_with_a_warning(caplog):
+    """A raw.X of normalised values (scanpy's habit) and counts in X: X, said loudly."""
+    with caplog.at_level("WARNING", logger="immune_aging.validate"):
+        assert validate_dataset(make(COUNTS, raw=normalised()), P) == "X"
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage() == (
+        f"{P}: raw.X holds non-integer values (e.g. 7.824), so the raw counts are taken from X "
+        "(CELLxGENE keeps them in raw.X when it exists)"
+    )
+
+
+# --------------------------------------------------------------------------- sparse structure
+
+
+def csr_error(*args, **kwargs) -> str:
+    with pytest.raises(InputError) as err:
+        counts.check_csr_block(*args, where=f"{P}: X", **kwargs)
+    return str(err.value)
+
+
+def test_sound_csr_block_passes():
+    counts.check_csr_block(np.array([0, 2, 2, 3]), np.array([0, 4, 1]), 5, where="x")
+    counts.check_csr_block(np.array([0]), np.array([], dtype=np.int32), 5, where="x")
+
+
+def test_column_index_out_of_range():
+    assert csr_error(np.array([0, 2, 3]), np.array([0, -3, 1]), 5) == (
+        f"{P}: X: corrupt sparse matrix (column index -3 outside 0..4)"
+    )
+    assert csr_error(np.array([0, 2, 3]), np.array([0, 5, 1]), 5) == (
+        f"{P}: X: corrupt sparse matrix (column index 5 outside 0..4)"
+    )
+
+
+def test_indptr_defects():
+    assert csr_error(np.array([0, 3, 2]), np.array([0, 1]), 5) == (
+        f"{P}: X: corrupt sparse matrix (indptr decreases at row 1: 3 then 2)"
+    )
+    assert csr_error(np.array([1, 2]), np.array([0, 1]), 5) == (
+        f"{P}: X: corrupt sparse matrix (indptr starts at 1, not 0)"
+    )
+    assert csr_error(np.array([0, 1]), np.array([0, 1]), 5) == (
+        f"{P}: X: corrupt sparse matrix (indptr ends at 1, but there are 2 stored entries)"
+    )
+    with pytest.raises(InputError, match=r"indptr has 3 entries for 4 rows, expected 5\)$"):
+        counts.check_csr_indptr(np.array([0, 1, 2]), 4, 2, where="x")
+    with pytest.raises(InputError, match=r"indptr is not a 1-D integer array\)$"):
+        counts.check_csr_indptr(np.array([0.0, 1.0]), 1, 1, where="x")
+
+
+def test_validation_sample_checks_column_indices(tmp_path):
+    """The data stage's sample already stops a file whose sampled rows have bad indices."""
+    path = tmp_path / "dataset.h5ad"
+    x = sp.csr_matrix(COUNTS)
+    x.indices[1] = 7
+    adata = make()
+    adata.X = x
+    io.write_h5ad(adata, path)
+    with pytest.raises(InputError) as err:
+        validate_file(path)
+    assert str(err.value) == f"{path}: X: corrupt sparse matrix (column index 7 outside 0..2)"

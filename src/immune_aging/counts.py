@@ -30,6 +30,7 @@ from scipy import sparse
 
 from immune_aging.errors import InputError
 from immune_aging.executor import Progress
+from immune_aging.guard import reading
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,14 @@ def count_problem(values: np.ndarray) -> str | None:
         return f"negative values (e.g. {negative[0]:g})" if negative.size else None
     if values.dtype.kind != "f":
         return f"values of type {values.dtype}"
-    for what, bad in (
-        ("non-finite", ~np.isfinite(values)),
-        ("non-integer", values != np.floor(values)),
-        ("negative", values < 0),
-    ):
-        if bad.any():
-            return f"{what} values (e.g. {values[bad][0]:.4g})"
+    with np.errstate(invalid="ignore"):  # a signalling NaN (damaged file) would warn
+        for what, bad in (
+            ("non-finite", ~np.isfinite(values)),
+            ("non-integer", values != np.floor(values)),
+            ("negative", values < 0),
+        ):
+            if bad.any():
+                return f"{what} values (e.g. {values[bad][0]:.4g})"
     return None
 
 
@@ -97,6 +99,91 @@ def check_counts(values: np.ndarray, path: str | os.PathLike[str], location: str
     problem = count_problem(values)
     if problem is not None:
         raise InputError(f"{path}: {location} holds {problem}: raw counts are required")
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def check_csr_indptr(indptr: Any, n_rows: int, nnz: int, *, where: str) -> None:
+    """Check the row pointer of a CSR matrix (or the column pointer of a CSC one).
+
+    Parameters
+    ----------
+    indptr
+        The pointer array (1-D, integers).
+    n_rows
+        Rows of the matrix (columns for CSC).
+    nnz
+        Stored entries (the length of ``data`` and ``indices``).
+    where
+        Prefix of the message (file and matrix).
+
+    Raises
+    ------
+    InputError
+        ``<where>: corrupt sparse matrix (...)`` unless ``indptr`` has
+        ``n_rows + 1`` entries, starts at 0, never decreases and ends at ``nnz``.
+    """
+    indptr = np.asarray(indptr)
+    if indptr.ndim != 1 or indptr.dtype.kind not in "iu":
+        raise InputError(f"{where}: corrupt sparse matrix (indptr is not a 1-D integer array)")
+    if len(indptr) != n_rows + 1:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr has {len(indptr)} entries for "
+            f"{n_rows} rows, expected {n_rows + 1})"
+        )
+    if int(indptr[0]) != 0:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr starts at {int(indptr[0])}, not 0)"
+        )
+    steps = np.diff(indptr.astype(np.int64, copy=False))
+    if steps.size and int(steps.min()) < 0:
+        row = int(np.argmax(steps < 0))
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr decreases at row {row}: "
+            f"{int(indptr[row])} then {int(indptr[row + 1])})"
+        )
+    if int(indptr[-1]) != nnz:
+        raise InputError(
+            f"{where}: corrupt sparse matrix (indptr ends at {int(indptr[-1])}, but there are "
+            f"{nnz} stored entries)"
+        )
+
+
+def check_csr_block(indptr: Any, indices: Any, n_cols: int, *, where: str) -> None:
+    """Check a block of CSR rows: its row pointer and that column indices are in range.
+
+    ``indptr`` is relative to the block (starts at 0). The check is two passes of
+    min/max over the block, cheap next to reading it.
+
+    Parameters
+    ----------
+    indptr
+        Row pointer of the block.
+    indices
+        Column indices of its stored entries.
+    n_cols
+        Columns of the matrix.
+    where
+        Prefix of the message (file and matrix).
+
+    Raises
+    ------
+    InputError
+        ``<where>: corrupt sparse matrix (...)`` naming the first defect.
+    """
+    indices = np.asarray(indices)
+    check_csr_indptr(indptr, len(indptr) - 1, len(indices), where=where)
+    if indices.size == 0:
+        return
+    if indices.dtype.kind not in "iu":
+        raise InputError(f"{where}: corrupt sparse matrix (column indices are not integers)")
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= n_cols:
+        bad = low if low < 0 else high
+        raise InputError(
+            f"{where}: corrupt sparse matrix (column index {bad} outside 0..{n_cols - 1})"
+        )
 
 
 # --------------------------------------------------------------------------- streaming
@@ -209,7 +296,7 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
         If the matrix and ``keep`` disagree in length or a value is not a count.
     """
     path = Path(path)
-    with h5py.File(path, "r") as fh:
+    with h5py.File(path, "r") as fh, reading(path, location):
         node = fh[_node_key(location)]
         shape = matrix_shape(node)
         if shape[0] != len(keep):
@@ -217,6 +304,7 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
         progress = Progress(f"{path.name}: rows read", total=shape[0])
         for a, block in _row_blocks(node, shape):
             progress.step(block.shape[0])
+            check_csr_block(block.indptr, block.indices, shape[1], where=f"{path}: {location}")
             local = np.flatnonzero(keep[a : a + block.shape[0]])
             if local.size == 0:
                 continue

@@ -138,6 +138,10 @@ def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> None:
 def read_h5ad(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
     """Read an h5ad file, failing with one clear line when it is not one.
 
+    The file's structure is first checked in a child process with a time limit
+    (:func:`immune_aging.guard.check_h5ad`), so that a damaged file fails with
+    one line instead of hanging or crashing the reader.
+
     Parameters
     ----------
     path
@@ -153,20 +157,18 @@ def read_h5ad(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
     Raises
     ------
     InputError
-        If the file is missing or not a readable h5ad file.
+        If the file is missing, damaged or not a readable h5ad file.
     """
     import anndata as ad
-    import h5py
+
+    from immune_aging import guard
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    if not h5py.is_hdf5(path):
-        raise InputError(f"{path}: not an h5ad file (no HDF5 signature)")
+    guard.check_h5ad(path)
     try:
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as exc:  # anndata raises many types for a broken file
-        raise InputError(f"{path}: not a readable h5ad file ({type(exc).__name__})") from None
+        raise InputError(f"{path}: not a readable h5ad file ({guard.describe(exc)})") from None
 
 
 # --------------------------------------------------------------------------- tables
@@ -286,7 +288,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     """Read a GMT gene-set library.
 
-    Each line is ``name<TAB>description<TAB>gene1<TAB>gene2...``.
+    Each line is ``name<TAB>description<TAB>gene1<TAB>gene2...``. The file must be
+    UTF-8 text: a NUL byte or an invalid UTF-8 sequence (a binary or damaged file)
+    is refused with its byte offset.
 
     Parameters
     ----------
@@ -301,16 +305,18 @@ def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     Raises
     ------
     InputError
-        If the file is missing, has a malformed line, or holds no gene set.
+        If the file is missing, is not UTF-8 text, has a malformed line, or holds
+        no gene set.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: gene-set file not found")
+    text = _read_text(path, "gene-set file")
     sets: dict[str, list[str]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.rstrip("\n").split("\t")
+        fields = line.split("\t")
         genes = [g for g in fields[2:] if g]
         if len(fields) < 3 or not fields[0] or not genes:
             raise InputError(f"{path}: line {lineno}: expected 'name<TAB>description<TAB>gene...'")
@@ -318,6 +324,25 @@ def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     if not sets:
         raise InputError(f"{path}: gene-set file holds no gene set")
     return sets
+
+
+def _read_text(path: Path, what: str) -> str:
+    """Read a UTF-8 text file; a NUL byte or invalid UTF-8 raises one line with the offset."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise InputError(
+            f"{path}: not a text {what}: NUL byte at offset {nul} (line {line}); binary or damaged"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(
+            f"{path}: not a UTF-8 text {what}: byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} (line {line}) is not UTF-8; binary or damaged"
+        ) from None
 
 
 def write_gmt(

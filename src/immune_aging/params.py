@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class FilterParams:
     cutoff_percentile: float = _f(ge=0.0, lt=100.0)
     min_cells_per_celltype: int = _f(ge=1)
     percent_donors: float = _f(gt=0.0, le=1.0)
+    keep_obs: list[str]
 
 
 @dataclass(frozen=True)
@@ -255,15 +257,21 @@ def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read parameters ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"{path}: not a UTF-8 text file (byte offset {exc.start}); binary or damaged"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}:{where} is not valid YAML") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid parameters (YAML nested too deeply)") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     return data
@@ -379,8 +387,14 @@ def _build(cls: type[T], raw: Any, where: str) -> T:
     return obj
 
 
+#: Shortens the values shown in messages (a YAML alias can make a value huge).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
+_SHORT.maxstring, _SHORT.maxother = 200, 200
+
+
 def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
+    return "null" if value is None else _SHORT.repr(value)
 
 
 def _check(tp: Any, value: Any, where: str, meta: typing.Mapping[str, Any]) -> Any:

@@ -4,19 +4,26 @@ The public API is small:
 
 - :func:`validate_dataset` checks annotations and finds the raw counts;
 - :func:`counts_location` only finds the raw counts;
-- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`.
+- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`;
+- :func:`check_csr_indptr` and :func:`check_csr_block` check the structure of a
+  sparse matrix (whole ``indptr``; a block of rows with its column indices).
 
 All of them work on a backed AnnData and read only ``obs``, ``var`` and a
 deterministic sample of rows of ``X`` / ``raw.X``. Raw counts are recognised
-by their values (finite, non-negative, integer-valued): CELLxGENE keeps raw
-counts in ``X`` when there is no normalised matrix, otherwise normalised values
-in ``X`` and raw counts in ``raw.X``. Normalised values are never taken for
-counts. Every problem raises :class:`~immune_aging.errors.InputError` with one
-line naming the file and the field.
+by their values (finite, non-negative, integer-valued), and where they are
+follows CELLxGENE's rule: when ``raw.X`` is present it holds the raw counts (and
+``X`` normalised values), otherwise ``X`` holds them. ``raw.X`` is therefore
+chosen whenever it holds counts, even when ``X`` is integer-valued too; ``X`` is
+taken instead of a present ``raw.X`` only when ``raw.X`` fails the count check
+and ``X`` passes it, with a warning naming the reason. Normalised values are
+never taken for counts. Every problem raises
+:class:`~immune_aging.errors.InputError` with one line naming the file and the
+field.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -26,7 +33,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from immune_aging.counts import check_csr_block, count_problem
 from immune_aging.errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: obs columns every input must have.
 REQUIRED_OBS = ("donor_id", "cell_type", "development_stage", "sex")
@@ -99,9 +109,13 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
 
     A matrix holds raw counts when a deterministic sample of its rows (about
     2000 rows in 10 blocks spread over the file; more when these hold only
-    zeros) is finite, non-negative and integer-valued. ``X`` is preferred;
-    ``raw.X`` is used when ``X`` fails, provided its genes can be matched to
-    symbols (``raw.var`` has ``feature_name`` or the same index as ``var``).
+    zeros) is finite, non-negative and integer-valued, and its sparse structure
+    is sound. The rule is CELLxGENE's: when ``raw.X`` exists it holds the raw
+    counts, so it is chosen whenever it passes, also when ``X`` is
+    integer-valued too (logged); ``X`` is chosen when there is no ``raw.X``, or
+    when ``raw.X`` fails and ``X`` passes (a warning names why ``raw.X`` was
+    not used). ``raw.X`` needs genes that can be matched to symbols
+    (``raw.var`` has ``feature_name`` or the same index as ``var``).
 
     Parameters
     ----------
@@ -118,25 +132,41 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
     Raises
     ------
     InputError
-        When neither ``X`` nor ``raw.X`` holds raw counts.
+        When neither ``X`` nor ``raw.X`` holds raw counts, or when a read of
+        either fails (a damaged file).
     """
-    x_problem = _count_problem(adata.X, adata.n_obs)
-    if x_problem is None:
-        return "X"
     raw = adata.raw
     if raw is None:
+        x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
+        if x_problem is None:
+            return "X"
         raise InputError(
             f"{path}: X holds {x_problem} and there is no raw.X: raw counts are required"
         )
-    raw_problem = _count_problem(raw.X, adata.n_obs)
-    if raw_problem is not None:
+    raw_problem = _count_problem(raw.X, adata.n_obs, path, "raw.X")
+    x_problem = _count_problem(adata.X, adata.n_obs, path, "X")
+    if raw_problem is not None and x_problem is not None:
         raise InputError(
             f"{path}: neither X nor raw.X holds raw counts (X: {x_problem}; "
             f"raw.X: {raw_problem}): raw counts are required"
         )
+    if raw_problem is not None:
+        log.warning(
+            "%s: raw.X holds %s, so the raw counts are taken from X (CELLxGENE keeps them "
+            "in raw.X when it exists)",
+            path,
+            raw_problem,
+        )
+        return "X"
     if SYMBOL_COLUMN not in raw.var.columns and not raw.var_names.equals(adata.var_names):
         raise InputError(
             f"{path}: raw.var has no {SYMBOL_COLUMN!r} column and its genes differ from var"
+        )
+    if x_problem is None:
+        log.info(
+            "%s: X and raw.X both hold integer values; raw counts are taken from raw.X "
+            "(CELLxGENE's rule: raw.X holds the raw counts when present)",
+            path,
         )
     return "raw.X"
 
@@ -196,30 +226,33 @@ def _values(block: Any) -> np.ndarray:
     return np.asarray(block).ravel()
 
 
-def _count_problem(matrix: Any, n_rows: int) -> str | None:
+def _count_problem(matrix: Any, n_rows: int, path: Any, what: str) -> str | None:
     """Describe why ``matrix`` does not hold raw counts, or return None when it does."""
+    from immune_aging.guard import reading
+
     if matrix is None:
         return "no values"
     seen_nonzero = False
-    for a, b in _sample_starts(n_rows):
-        problem, nonzero = _block_problem(matrix[a:b])
-        if problem:
-            return problem
-        seen_nonzero |= nonzero
-    for a in range(0, n_rows, _SCAN_ROWS):  # a sample of zeros proves nothing: read on
-        if seen_nonzero:
-            break
-        problem, seen_nonzero = _block_problem(matrix[a : a + _SCAN_ROWS])
-        if problem:
-            return problem
+    with reading(path, what):
+        for a, b in _sample_starts(n_rows):
+            problem, nonzero = _block_problem(matrix[a:b], path, what)
+            if problem:
+                return problem
+            seen_nonzero |= nonzero
+        for a in range(0, n_rows, _SCAN_ROWS):  # a sample of zeros proves nothing: read on
+            if seen_nonzero:
+                break
+            problem, seen_nonzero = _block_problem(matrix[a : a + _SCAN_ROWS], path, what)
+            if problem:
+                return problem
     if not seen_nonzero:
         return "only zeros"
     return None
 
 
-def _block_problem(block: Any) -> tuple[str | None, bool]:
-    from immune_aging.counts import count_problem
-
+def _block_problem(block: Any, path: Any, what: str) -> tuple[str | None, bool]:
+    if sp.issparse(block) and block.format == "csr":
+        check_csr_block(block.indptr, block.indices, block.shape[1], where=f"{path}: {what}")
     values = _values(block)
     problem = count_problem(values)
     if problem is not None:

@@ -1,4 +1,4 @@
-"""Donor age in years from CELLxGENE ``development_stage`` labels, and the donor table.
+"""Donor metadata: age in years from CELLxGENE ``development_stage`` labels, sex, the donor table.
 
 CELLxGENE stores a donor's age as a HsapDv developmental-stage label. The forms
 read here (case, surrounding spaces and the word ``human`` are ignored), with the
@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -422,3 +422,27 @@ def _donor_table(obs: pd.DataFrame, *, donor_key: str, age_80_and_over: float) -
             donors[col] = "unknown"
         donors[col] = donors[col].astype(str)
     return donors[[*DONOR_COLUMNS, "age", "age_form"]]
+
+
+#: Sex label of donors whose sex is not recorded (also given to missing and empty values).
+UNKNOWN_SEX = "unknown"
+
+
+def sex_labels(values: Any) -> np.ndarray:
+    """Normalise sex labels the same way for de and predict.
+
+    Parameters
+    ----------
+    values
+        Labels per sample (strings, categorical, with missing values).
+
+    Returns
+    -------
+    ndarray
+        Strings, stripped and lower-cased; missing, empty and ``"nan"`` values
+        become :data:`UNKNOWN_SEX`.
+    """
+    series = pd.Series(values, dtype="object")
+    labels = series.astype(str).str.strip().str.lower()
+    missing = series.isna().to_numpy() | labels.isin(["", "nan", "none"]).to_numpy()
+    return np.where(missing, UNKNOWN_SEX, labels.to_numpy()).astype(str)

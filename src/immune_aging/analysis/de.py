@@ -13,6 +13,12 @@ Donors of unknown age (NaN) are dropped and counted. A cell type is skipped, wit
 its reason recorded, when it has too few donors of known age, a single age, no
 gene above the count threshold, or too few donors for the design; when all its
 donors share one sex the design falls back to ``~ age_scaled``.
+
+Sex labels are normalised by :func:`immune_aging.analysis.age.sex_labels` (lower case;
+missing or empty is
+``"unknown"``, CELLxGENE's term). ``"unknown"`` is a level of the sex factor of its
+own: a donor of unknown sex is counted neither as female nor as male. The predict
+stage encodes sex the same way (:func:`immune_aging.analysis.predict.sex_features`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from immune_aging.analysis import deseq
+from immune_aging.analysis.age import sex_labels
 from immune_aging.executor import map_ordered
 from immune_aging.names import unique_slugs
 
@@ -154,8 +161,7 @@ def prepare_cell_type(
     if not sd > 0:
         summary.skipped = "every donor has the same age"
         return None, None, summary
-    sex = obs["sex"].astype(str).to_numpy()[known]
-    sex = np.where(pd.isna(obs["sex"].to_numpy()[known]), "unknown", sex)
+    sex = sex_labels(obs["sex"].to_numpy()[known])
     n_sexes = len(np.unique(sex))
     design = "~age_scaled + sex" if n_sexes > 1 else "~age_scaled"
     n_coef = 2 + (n_sexes - 1 if n_sexes > 1 else 0)

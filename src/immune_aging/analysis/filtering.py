@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 DONOR_KEY = "donor_id"
 CELL_TYPE_KEY = "cell_type"
-#: obs columns carried into ``filtered.h5ad``; ``pool`` only when present.
+#: obs columns carried into ``filtered.h5ad``; the optional ones only when present
+#: (the stage passes ``filter.keep_obs`` instead).
 OBS_COLUMNS = ("donor_id", "cell_type", "development_stage", "sex")
 OPTIONAL_OBS_COLUMNS = ("pool",)
 
@@ -255,6 +256,7 @@ def assemble_filtered(
     var: pd.DataFrame,
     *,
     obs_columns: Sequence[str] = OBS_COLUMNS,
+    extra_obs: Sequence[str] = OPTIONAL_OBS_COLUMNS,
 ) -> ad.AnnData:
     """Build the filtered AnnData: kept cells, genes with any count, tidy metadata.
 
@@ -266,12 +268,15 @@ def assemble_filtered(
         copied: the result's ``X`` is ``counts``); anything else is converted.
     obs
         Annotations of the kept cells, same order as ``counts`` rows. The columns
-        ``obs_columns`` are kept, plus ``pool`` when present; unused categories are
-        removed.
+        ``obs_columns`` are kept, plus those of ``extra_obs`` that are present;
+        unused categories are removed.
     var
         Gene annotations with ``feature_name``, same order as ``counts`` columns.
     obs_columns
         Required obs columns to carry.
+    extra_obs
+        Further obs columns carried when present (e.g. the 10x pool; absent ones are
+        logged).
 
     Returns
     -------
@@ -300,7 +305,11 @@ def assemble_filtered(
     if not genes.all():
         matrix = matrix[:, genes].tocsr()
         matrix.sort_indices()
-    columns = [*obs_columns, *(c for c in OPTIONAL_OBS_COLUMNS if c in obs.columns)]
+    extra = [c for c in dict.fromkeys(extra_obs) if c not in obs_columns]
+    absent = [c for c in extra if c not in obs.columns]
+    if absent:
+        log.info("obs columns not in the input, not carried: %s", ", ".join(absent))
+    columns = [*obs_columns, *(c for c in extra if c in obs.columns)]
     new_var = pd.DataFrame(
         {"feature_name": var["feature_name"].astype(str).to_numpy()[genes]},
         index=var.index[genes].astype(str),

@@ -3,8 +3,10 @@
 Local backend (offline): for each cell type and direction, a one-sided
 hypergeometric test of every gene set against the genes significant in that
 direction (``padj`` below the cut and ``log2FoldChange`` of that sign). The
-background is the genes tested in that cell type (the DE results) that belong to
-at least one set of the library; sets are restricted to the background and kept
+background is the genes that had a DE test in that cell type, i.e. a ``padj``
+(genes whose ``padj`` is NaN, removed by DESeq2's independent filtering or as
+outliers, could never have been significant, so they are left out) and that
+belong to at least one set of the library; sets are restricted to the background and kept
 when their restricted size lies within ``[min_size, max_size]``; p-values are
 Benjamini-Hochberg adjusted across the sets tested for one (cell type,
 direction). Only sets with at least one significant gene are reported.
@@ -190,7 +192,8 @@ def ora(
     results : DataFrame
         :data:`RESULT_COLUMNS`; cell types sorted, ``up`` before ``down``.
     summary : dict
-        Per cell type: ``n_background``, per direction the number of query genes
+        Per cell type: ``n_background`` (genes with a ``padj`` that belong to a
+        set), per direction the number of query genes
         (``n_up_genes``/``n_down_genes``) and of sets with ``padj`` below the cut
         (``n_up_sets``/``n_down_sets``).
     """
@@ -199,10 +202,13 @@ def ora(
     summary: dict[str, dict[str, Any]] = {}
     for ct, rows in de_results.groupby(de_results["cell_type"].astype(str), sort=True):
         ct = str(ct)
-        background = sorted(set(rows["gene"].astype(str)))
+        tested = rows["padj"].notna().to_numpy()
+        background = sorted(set(rows["gene"].astype(str).to_numpy()[tested]))
         info: dict[str, Any] = {}
         universe = set(background) & {g for genes in gene_sets.values() for g in genes}
         info["n_background"] = len(universe)
+        if not tested.all():
+            log.info("%s: %d genes without padj left out of the background", ct, (~tested).sum())
         for direction in ("up", "down"):
             query = lists[ct][direction]
             info[f"n_{direction}_genes"] = len(query)

@@ -1,7 +1,9 @@
 """Predicting donor age from pseudobulk expression, per cell type.
 
 Features are the log counts per million (``log1p(CPM)``) of the ``n_top_genes``
-genes with the highest mean log CPM, plus sex (1 male, 0 otherwise). The gene
+genes with the highest mean log CPM, plus sex (:func:`sex_features`: female is the
+reference, a 1/0 column for male and one for each other label present, such as
+``unknown``, as the sex factor of the de stage's design). The gene
 selection is unsupervised (it never looks at age) and is refitted inside every
 training split (:class:`TopMeanGenes`), so the held-out donors influence neither
 the genes chosen nor the model. The model is ``StandardScaler`` + ``LinearSVR``
@@ -100,7 +102,9 @@ class TopMeanGenes(TransformerMixin, BaseEstimator):
         return np.asarray(X)[:, self.columns_]
 
 
-def make_model(*, C: float, seed: int, n_top_genes: int | None) -> TransformedTargetRegressor:
+def make_model(
+    *, C: float, seed: int, n_top_genes: int | None, n_covariates: int = 1
+) -> TransformedTargetRegressor:
     """Build the age regressor.
 
     Parameters
@@ -112,6 +116,8 @@ def make_model(*, C: float, seed: int, n_top_genes: int | None) -> TransformedTa
     n_top_genes
         Genes kept by :class:`TopMeanGenes`; ``None`` for the sex-only baseline
         (no selection step).
+    n_covariates
+        Trailing feature columns kept by the selection (the sex columns).
 
     Returns
     -------
@@ -120,7 +126,7 @@ def make_model(*, C: float, seed: int, n_top_genes: int | None) -> TransformedTa
     """
     steps: list[tuple[str, Any]] = []
     if n_top_genes is not None:
-        steps.append(("select", TopMeanGenes(n_top=n_top_genes, n_keep_last=1)))
+        steps.append(("select", TopMeanGenes(n_top=n_top_genes, n_keep_last=n_covariates)))
     steps += [
         ("scale", StandardScaler()),
         ("svr", LinearSVR(C=C, random_state=seed, max_iter=MAX_ITER, dual="auto")),
@@ -161,6 +167,34 @@ def sex_feature(sex: pd.Series) -> np.ndarray:
         One column.
     """
     return (sex.astype(str).str.lower() == "male").to_numpy(dtype=float)[:, None]
+
+
+def sex_features(sex: pd.Series) -> np.ndarray:
+    """Encode sex with female as the reference, as the sex factor of the de stage.
+
+    Labels are normalised by :func:`immune_aging.analysis.age.sex_labels` (missing
+    or empty is ``unknown``). The first column is :func:`sex_feature` (1.0 for
+    male); each other label present besides ``female`` and ``male`` (such as
+    ``unknown``) gets a 1.0/0.0 column of its own, so a donor of unknown sex is
+    counted neither as female nor as male.
+
+    Parameters
+    ----------
+    sex
+        Sex label per sample.
+
+    Returns
+    -------
+    ndarray
+        One column, plus one per further label, in sorted order.
+    """
+    from immune_aging.analysis.age import sex_labels
+
+    labels = sex_labels(sex)
+    columns = [sex_feature(pd.Series(labels))]
+    for level in sorted(set(labels) - {"female", "male"}):
+        columns.append((labels == level).astype(float)[:, None])
+    return np.hstack(columns)
 
 
 def min_donors(test_size: float) -> int:
@@ -225,8 +259,8 @@ def predict_cell_type(
         ``donor_id, split, age, predicted, model`` for every held-out donor
         (``model``: ``expression`` or ``baseline``).
     """
-    features = np.hstack([log_cpm(counts), sex_feature(sex)])
-    baseline_features = sex_feature(sex)
+    baseline_features = sex_features(sex)
+    features = np.hstack([log_cpm(counts), baseline_features])
     age = np.asarray(age, dtype=float)
     splitter = ShuffleSplit(n_splits=n_splits, test_size=test_size, random_state=seed)
     scores: dict[str, list[float]] = {"r2": [], "mae": [], "baseline_r2": [], "baseline_mae": []}
@@ -236,7 +270,9 @@ def predict_cell_type(
             ("expression", features, n_top_genes, ""),
             ("baseline", baseline_features, None, "baseline_"),
         ):
-            model = make_model(C=C, seed=seed, n_top_genes=n_top)
+            model = make_model(
+                C=C, seed=seed, n_top_genes=n_top, n_covariates=baseline_features.shape[1]
+            )
             model.fit(X[train], age[train])
             pred = model.predict(X[test])
             scores[f"{prefix}r2"].append(float(r2_score(age[test], pred)))

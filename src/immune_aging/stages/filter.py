@@ -44,7 +44,9 @@ def body(args, params: FilterParams) -> None:
         percent_donors=params.percent_donors,
     )
     matrix, genes = counts.read_counts(args.input, location, selection.keep)
-    filtered = filtering.assemble_filtered(matrix, obs.loc[selection.keep], var.loc[genes])
+    filtered = filtering.assemble_filtered(
+        matrix, obs.loc[selection.keep], var.loc[genes], extra_obs=params.keep_obs
+    )
     filtered.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input])
     metrics = filtering.summary(selection, obs=obs, n_genes_in=len(var), filtered=filtered)
     table = filtering.donor_table(selection, filtered)
