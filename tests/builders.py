@@ -208,6 +208,117 @@ def run_stage(
     )
 
 
+def fork_stage(
+    stage: str,
+    root: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """Run ``stage`` in ``root`` like :func:`run_stage`, in a forked child of this process.
+
+    The child runs the stage module's ``main`` with the arguments of its ``dvc.yaml``
+    command, so it skips the seconds a new interpreter spends importing the
+    scientific stack (imported once, here, by :func:`warm_up`). Everything that the
+    command line does after import is the same: the harness, the one ``error:`` line
+    and the exit status. The environment is :func:`project_env` plus ``env``, as for
+    :func:`run_stage`; settings read at import time (the thread pins of
+    ``immune_aging``) keep this process's values, so cases about those use
+    :func:`run_stage`.
+
+    Returns
+    -------
+    subprocess.CompletedProcess
+        ``returncode`` is the exit status, ``-signal`` for a killed child, or
+        ``None`` when it ran past ``timeout`` seconds and was killed.
+    """
+    import importlib
+    import signal
+    import tempfile
+    import time
+    import traceback
+    import warnings
+
+    argv = stage_command(stage)[3:]
+    module = importlib.import_module(f"immune_aging.stages.{stage}")
+    environment = project_env(root)
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the test runner
+            code = 1
+            try:
+                os.chdir(root)
+                os.environ.clear()
+                os.environ.update(environment)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                # the Python streams too: under pytest's capture they write elsewhere
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                warnings.resetwarnings()  # as on the command line, not pytest's errors
+                warnings.simplefilter("default")
+                try:
+                    code = module.main(argv)
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        status = None
+        while status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+            elif time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            else:
+                time.sleep(0.01)
+        if status is None:
+            code = None
+        elif os.WIFSIGNALED(status):
+            code = -os.WTERMSIG(status)
+        else:
+            code = os.WEXITSTATUS(status)
+        texts = []
+        for stream in (out, err):
+            stream.seek(0)
+            texts.append(stream.read().decode(errors="replace"))
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", module.__name__, *argv], code, *texts
+    )
+
+
+def warm_up() -> None:
+    """Import and initialise what stages load lazily, once, before forking stage runs."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import anndata  # noqa: F401
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet  # noqa: F401
+    import scanpy  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.svm  # noqa: F401
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    fig.savefig(_io.BytesIO(), format="png")
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- projects
 
 

@@ -26,10 +26,8 @@ import os
 import select
 import shutil
 import signal
-import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +38,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import yaml
+from tests.builders import fork_stage, warm_up
 
 from immune_aging import io, synthetic
-from immune_aging.stages import data as data_stage
-from immune_aging.stages import filter as filter_stage
-from immune_aging.stages import genesets as genesets_stage
-from immune_aging.stages import ora as ora_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,28 +76,6 @@ PARAMS = {
     "filter": {"cutoff_percentile": 1.0, "min_cells_per_celltype": 3, "percent_donors": 0.5},
     "genesets": {"sources": ["data/raw/genesets.gmt"]},
     "ora": {"padj": 0.05, "min_size": 2, "max_size": 1000, "backend": "local"},
-}
-COMMANDS = {
-    "data": (
-        data_stage.main,
-        "--external data/external --download-cache data/.download --out data/raw "
-        "--metrics metrics/data.json",
-    ),
-    "filter": (
-        filter_stage.main,
-        "--input data/raw/dataset.h5ad --out data/filter/filtered.h5ad "
-        "--metrics metrics/filter.json --plots plots/filter",
-    ),
-    "genesets": (
-        genesets_stage.main,
-        "--allowed data/raw data/external --cache data/external/genesets "
-        "--out data/genesets/genesets.gmt --metrics metrics/genesets.json",
-    ),
-    "ora": (
-        ora_stage.main,
-        "--de data/de/results.parquet --genesets data/genesets/genesets.gmt "
-        "--out data/ora/results.parquet --metrics metrics/ora.json --plots plots/ora",
-    ),
 }
 
 
@@ -165,23 +138,6 @@ def make_inputs(folder: Path) -> Inputs:
         de_results=(folder / "de.parquet").read_bytes(),
         params=params,
     )
-
-
-def warm_up() -> None:
-    """Import and initialise what the stages load lazily, once, before forking cases."""
-    import io as _io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pyarrow.parquet  # noqa: F401
-    import scipy.stats  # noqa: F401
-
-    fig = plt.figure(figsize=(1, 1))
-    fig.add_subplot().plot([0, 1])
-    fig.savefig(_io.BytesIO(), format="png")
-    plt.close(fig)
 
 
 def sample_like_a_large_file(setattr: Callable[[Any, str, Any], None]) -> None:
@@ -349,7 +305,7 @@ def _files(root: Path) -> set[str]:
 def run_stage(
     stage: str, root: Path, timeout: float = STAGE_TIMEOUT_S
 ) -> tuple[int | None, str, float]:
-    """Run a stage's ``main(argv)`` in a forked child in ``root``.
+    """Run a stage's ``main`` in a forked child in ``root`` (:func:`tests.builders.fork_stage`).
 
     Returns
     -------
@@ -357,61 +313,9 @@ def run_stage(
         ``(exit status or None when killed for running past timeout, stderr, seconds)``;
         a child killed by a signal gets ``-signal``.
     """
-    main, args = COMMANDS[stage]
-    err_path = root / f".stderr-{stage}"
     t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(root)
-            fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 2)
-            os.dup2(fd, 1)
-            # the Python streams too: under pytest's capture they write elsewhere
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            os.environ["IMMUNE_AGING_LOG_DIR"] = str(root / "logs")
-            os.environ["IMMUNE_AGING_THREADS"] = "1"
-            warnings.resetwarnings()  # as on the command line (pytest turns them into errors)
-            warnings.simplefilter("default")
-            try:
-                code = main(args.split())
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stderr.flush()
-            sys.stdout.flush()
-        finally:
-            os._exit(code)
-    status = _wait(pid, timeout)
-    seconds = time.monotonic() - t0
-    stderr = err_path.read_text(errors="replace") if err_path.exists() else ""
-    err_path.unlink(missing_ok=True)
-    if status is None:
-        return None, stderr, seconds
-    if os.WIFSIGNALED(status):
-        return -os.WTERMSIG(status), stderr, seconds
-    return os.WEXITSTATUS(status), stderr, seconds
-
-
-def _wait(pid: int, timeout: float) -> int | None:
-    """Wait for a child; kill it after ``timeout`` seconds and return None."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    proc = fork_stage(stage, root, timeout=timeout)
+    return proc.returncode, proc.stderr, time.monotonic() - t0
 
 
 def check_error(stage: str, stderr: str) -> str | None:

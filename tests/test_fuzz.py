@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from tests import fuzz_harness as fh
-from tests.conftest import REPO
+from tests.builders import run_stage
 
 from immune_aging import guard, validate
 
@@ -104,17 +103,7 @@ def test_error_lines_name_the_stage_and_the_file(results):
 
 
 def _end_to_end(root: Path, stage: str) -> subprocess.CompletedProcess:
-    _, args = fh.COMMANDS[stage]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), IMMUNE_AGING_THREADS="1")
-    env["IMMUNE_AGING_LOG_DIR"] = str(root / "logs")
-    return subprocess.run(
-        [sys.executable, "-m", f"immune_aging.stages.{stage}", *args.split()],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_stage(stage, root, params=False, timeout=300)
 
 
 def test_forked_stages_behave_as_the_command_line(results, inputs, tmp_path, monkeypatch):
