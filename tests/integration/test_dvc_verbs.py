@@ -36,13 +36,18 @@ def set_param(root: Path, dotted: str, value) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def output_paths(root: Path) -> list[Path]:
-    """The outputs (outs and metrics) every stage of ``dvc.yaml`` declares."""
+def output_paths(root: Path, *, cached_only: bool = False) -> list[Path]:
+    """The outputs (outs and metrics) every stage of ``dvc.yaml`` declares.
+
+    With ``cached_only``, those declared ``cache: false`` (committed to git) are left out.
+    """
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     paths = []
     for spec in stages.values():
         for entry in spec.get("outs", []) + spec.get("metrics", []):
-            paths.append(root / (next(iter(entry)) if isinstance(entry, dict) else entry))
+            path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            if not (cached_only and opts.get("cache") is False):
+                paths.append(root / path)
     return paths
 
 
@@ -57,9 +62,13 @@ def output_bytes(root: Path) -> dict[str, bytes]:
 
 
 def remove_outputs_and_cache(root: Path) -> None:
-    """Delete the DVC cache and every declared output, as on a fresh machine."""
+    """Delete the DVC cache and every cached output, as on a fresh machine.
+
+    Outputs declared ``cache: false`` (metrics, figures) are committed to git, so a
+    fresh clone has them.
+    """
     shutil.rmtree(root / ".dvc" / "cache")
-    for path in output_paths(root):
+    for path in output_paths(root, cached_only=True):
         if path.is_dir():
             shutil.rmtree(path)
         else:
