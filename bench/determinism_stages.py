@@ -128,7 +128,9 @@ def main() -> int:
     expected = (args.compare or ref).resolve()
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(ref, work, symlinks=True, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    shutil.copytree(
+        ref, work, symlinks=True, ignore=shutil.ignore_patterns(".dvc", ".git", "scratch")
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = str(work / "src")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

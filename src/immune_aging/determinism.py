@@ -57,6 +57,7 @@ UNSET = ("NPY_DISABLE_CPU_FEATURES",)
 X86_64_V3_FLAGS = frozenset(
     {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "xsave", "sse4_2", "popcnt"}
 )
+_WARNED_VAR = "IMMUNE_AGING_UNPINNED_WARNED"
 #: modules that read the pinned variables once, when first imported
 _READERS = ("numpy", "scipy", "numba")
 
@@ -131,10 +132,12 @@ def pin_numerics(
         missing = X86_64_V3_FLAGS - (cpu_flags() if flags is None else flags)
         if missing:
             reason = f"CPU below x86-64-v3 (no {', '.join(sorted(missing))})"
-            sys.stderr.write(
-                f"warning: immune_aging: {reason}: numeric code paths are not pinned, "
-                "so results differ in the last bits from the committed dvc.lock\n"
-            )
+            if not env.get(_WARNED_VAR):  # once per stage, not again in its workers
+                env[_WARNED_VAR] = "1"
+                sys.stderr.write(
+                    f"warning: immune_aging: {reason}: numeric code paths are not pinned, "
+                    "so results differ in the last bits from the committed dvc.lock\n"
+                )
     if reason:
         state.update(pinned={}, reason=reason)
         return {}
