@@ -17,10 +17,11 @@ With ``--save DIR`` each stage's outputs are also kept in ``DIR``; a later run
 with ``--compare DIR`` compares with those instead of the reference's, so two
 environments can be compared on the same inputs (the reference's).
 
-Prints one line per stage: the wall time of its command (the minimum of ``--runs``)
-and ``same`` or the files that differ. For h5ad and parquet files that differ, the
-largest relative difference of any float array is shown, to tell a last-bit
-difference from a changed result.
+Prints one line per stage: the wall time and the CPU time (user + system, the
+stage and its workers) of its command, each the minimum of ``--runs``, then
+``same`` or the files that differ. For h5ad and parquet files that differ, the
+float arrays that differ are named with their largest relative difference, to
+tell a last-bit difference from a changed result.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -154,11 +156,15 @@ def main() -> int:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             proc = subprocess.run(
                 spec["cmd"], shell=True, cwd=work, env=env, capture_output=True, text=True
             )
-            times.append(time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            times.append((wall, cpu))
             if proc.returncode != 0:
                 print(f"{name:11s} FAILED\n{proc.stderr[-3000:]}", flush=True)
                 return 1
@@ -174,7 +180,8 @@ def main() -> int:
             else:
                 detail.append(rel)
         verdict = "same" if not differ else "DIFF " + "; ".join(detail)
-        print(f"{name:11s} {min(times):6.1f} s  {verdict}", flush=True)
+        wall, cpu = min(t[0] for t in times), min(t[1] for t in times)
+        print(f"{name:11s} {wall:6.1f} s {cpu:6.1f} s cpu  {verdict}", flush=True)
         for rel in outs:
             if args.save:
                 keep = args.save / rel
