@@ -15,9 +15,14 @@ import platform
 import subprocess
 import sys
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import sparse
 
 from immune_aging import determinism
+from immune_aging.analysis import preprocess
 
 V3 = frozenset(determinism.X86_64_V3_FLAGS)
 x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 only")
@@ -158,3 +163,25 @@ def test_without_the_pins_the_imitated_machines_differ():
     assert one["blas"] != other["blas"]
     assert one["gemm"] != other["gemm"]
     assert one["eigh"] != other["eigh"]
+
+
+# --------------------------------------------------------------------------- tie order
+
+
+def test_hvg_ranks_tied_genes_by_position():
+    """Genes with identical counts tie; numpy's default sort orders ties by CPU."""
+    rng = np.random.default_rng(0)
+    n_cells, half = 240, 300
+    mu = rng.gamma(0.8, 2.0, half) * rng.lognormal(0.0, 0.4, (n_cells, 1))
+    counts = rng.poisson(mu).astype(np.float32)
+    X = np.hstack([counts, counts])  # gene i + half is a copy of gene i
+    obs = pd.DataFrame(
+        {"donor_id": np.repeat(["d1", "d2", "d3"], n_cells // 3)},
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    adata = ad.AnnData(X=sparse.csr_matrix(X), obs=obs)
+    table, _ = preprocess.highly_variable_genes(adata, n_top_genes=2 * half, span=0.8)
+    rank = table["highly_variable_rank"].to_numpy()
+    first, copy = rank[:half], rank[half:]
+    assert np.isfinite(rank).all()
+    assert (first < copy).all()  # the earlier gene of each tied pair ranks first

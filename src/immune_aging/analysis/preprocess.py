@@ -22,7 +22,9 @@ Steps and choices:
 4. PCA on those genes, centred but **not scaled** to unit variance: the seed
    workflow does not scale, sc-best-practices does not either, and scaling
    would densify a cells x HVGs matrix (12 GB for OneK1K). The ARPACK solver is
-   seeded, so the result is deterministic for a given thread count.
+   seeded, and BLAS runs on one thread with one kernel
+   (:mod:`immune_aging.determinism`), so the result is the same bytes at any
+   thread count and on any x86-64-v3 machine.
 """
 
 from __future__ import annotations
@@ -148,8 +150,11 @@ def highly_variable_genes(
             f"({len(skipped)} batches skipped)"
         )
     norm = np.vstack(norm_vars)
-    # ranks per batch, then scanpy's combination (SelectIntegrationFeatures in Seurat)
-    ranked = np.argsort(np.argsort(-norm, axis=1), axis=1).astype(np.float32)
+    # ranks per batch, then scanpy's combination (SelectIntegrationFeatures in Seurat);
+    # a stable sort ranks tied genes by position: numpy's default sort breaks ties
+    # differently in its AVX-512, AVX2 and baseline code
+    ranked = np.argsort(np.argsort(-norm, axis=1, kind="stable"), axis=1, kind="stable")
+    ranked = ranked.astype(np.float32)
     nbatches = (ranked < n_top_genes).sum(axis=0)
     ranked[ranked >= n_top_genes] = np.nan
     median_rank = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
