@@ -21,8 +21,8 @@ numba compiling for the host CPU       ``NUMBA_CPU_NAME=haswell``
 (UMAP's layout changes)
 =====================================  ============================================
 
-Together they fix a hardware floor: **x86-64-v3** (AVX2 and FMA: Intel Haswell,
-2013, and later; AMD Excavator, 2015, Zen and later). On every such CPU glibc
+Together they fix a hardware floor: **x86-64-v3** (AVX2 and FMA: Intel Core and
+Xeon since Haswell, 2013; AMD since Excavator, 2015, and every Zen). On every such CPU glibc
 also picks the same (FMA) variants of ``exp``/``log``/``pow``, which harmonypy,
 PyDESeq2 and numpy's float64 functions call. On a CPU below the floor nothing is
 pinned (a forced Haswell kernel would stop the process with an illegal
@@ -30,11 +30,14 @@ instruction) and a one-line warning says that results will differ in the last
 bits from a run on an x86-64-v3 machine. What stays unpinned: glibc itself (its
 ``libm`` is not part of the lock file).
 
-Set ``IMMUNE_AGING_NATIVE=1`` to skip the pins (fastest code for this CPU,
-multi-threaded BLAS): results then agree with the committed ones to about 1e-6
-relative in the embeddings and to the last digits elsewhere, but not bit for bit,
-so ``dvc.lock`` changes. ``bench/results/determinism.md`` measures each source
-and the cost of each pin.
+Set ``IMMUNE_AGING_NATIVE=1`` to skip the pins (this CPU's own code paths,
+multi-threaded BLAS). Results then differ from the committed ones in the last
+bits, which the iterative steps amplify (on the default data: a few other doublet
+calls, a slightly different HVG set and so another UMAP, DE p-values within about
+1e-2 relative), so ``dvc.lock`` changes. On 2 cores the pins cost no measurable time.
+``bench/results/determinism.md`` measures each source and the cost of each pin.
+The order numpy's SIMD sorts give tied values also depends on the CPU; the
+project's own sorts are stable where ties occur, the pin covers the libraries'.
 """
 
 from __future__ import annotations
