@@ -37,14 +37,14 @@ def set_param(root: Path, dotted: str, value) -> None:
 
 
 def output_paths(root: Path, *, cached_only: bool = False) -> list[Path]:
-    """The outputs (outs and metrics) every stage of ``dvc.yaml`` declares.
+    """The outputs (outs, metrics and plots) every stage of ``dvc.yaml`` declares.
 
     With ``cached_only``, those declared ``cache: false`` (committed to git) are left out.
     """
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     paths = []
     for spec in stages.values():
-        for entry in spec.get("outs", []) + spec.get("metrics", []):
+        for entry in spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []):
             path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
             if not (cached_only and opts.get("cache") is False):
                 paths.append(root / path)
