@@ -26,9 +26,9 @@ def age_wald_test(
     counts
         Samples x genes non-negative integer counts.
     metadata
-        Per sample: ``age_scaled`` (numeric) and, when in the design, ``sex``.
+        Per sample: ``age_scaled`` (numeric) and the design's categorical covariates.
     design
-        Formula, ``"~age_scaled + sex"`` or ``"~age_scaled"``.
+        Formula, ``"~age_scaled"`` plus covariates (``"~age_scaled + sex + pool"``).
     alpha
         Significance level used by DESeq2's independent filtering.
 
