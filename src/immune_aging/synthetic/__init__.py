@@ -52,9 +52,11 @@ Presets
 effects instead: small, heavy-tailed, per (cell type, gene); pools of ~14 donors
 with batch effects; composition changing with age; co-varying gene programs;
 gene sets mixing planted and unplanted genes, with decoys; homotypic doublets and
-intermediate states. ``age_effect_scale`` multiplies every age effect; 0 gives the
-null twin of a design (the same data without any age effect). The default preset
-with ``age_effect_scale=1`` draws exactly what it drew before presets existed.
+intermediate states. ``age_effect_scale`` multiplies every age effect on
+expression; 0 gives the null twin of a design (the same data without any change
+of expression with age; the realistic composition still changes with age). The
+default preset with ``age_effect_scale=1`` draws exactly what it drew before
+presets existed.
 
 Modules
 -------

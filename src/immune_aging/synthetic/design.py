@@ -68,7 +68,7 @@ class Design:
         ``default`` or ``realistic`` (:mod:`immune_aging.synthetic.realistic`); the
         attributes below are set by the realistic preset only.
     age_effect_scale
-        Factor applied to every planted age effect (0: the null twin).
+        Factor applied to every planted age effect on expression (0: the null twin).
     shared_sigma
         Donor-level noise shared by all cell types of a donor, per gene (natural log).
     pool_effect
@@ -172,9 +172,9 @@ def design_simulation(
         ``default`` (a smoke test: large effects, the same in every aged cell type)
         or ``realistic`` (:mod:`immune_aging.synthetic.realistic`).
     age_effect_scale
-        Factor applied to every planted age effect (expression and, in the
-        realistic preset, composition); 0 gives the null twin of a design, whose
-        planted gene sets become decoys.
+        Factor applied to every planted age effect on expression; 0 gives the
+        null twin of a design, whose planted gene sets become decoys (the
+        realistic preset's composition still changes with age).
 
     Returns
     -------

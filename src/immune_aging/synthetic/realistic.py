@@ -392,7 +392,10 @@ def realistic_design(
     n_donors, cells_per_donor, n_genes, doublet_rate, dying_rate, rbc_rate
         See :func:`~immune_aging.synthetic.design_simulation`.
     age_effect_scale
-        Factor on every age effect: expression, programs and composition.
+        Factor on every age effect on expression (individual and programs). The
+        composition keeps changing with age in a null twin: the null hypothesis of
+        DE is that expression within a cell type does not change, whatever the
+        composition does.
 
     Returns
     -------
@@ -423,7 +426,7 @@ def realistic_design(
     donors["library_factor"] = donors["library_factor"] * pool_library[pool_of]
     pool_sd = np.clip(POOL_EFFECT_SD * np.exp(rng.normal(0.0, 0.5, n_genes)), 0.02, 0.4)
     pool_effect = rng.normal(0.0, 1.0, (len(pools), n_genes)) * pool_sd[None, :]
-    trend = np.array([COMPOSITION_TREND.get(k, 0.0) for k in keys]) * age_effect_scale
+    trend = np.array([COMPOSITION_TREND.get(k, 0.0) for k in keys])  # kept by null twins
     index = {k: t for t, k in enumerate(keys)}
     blends = tuple((index[a], index[b], w) for a, b, w in BLENDS if a in index and b in index)
     cells = cell_plan(
