@@ -27,13 +27,19 @@ def pseudobulk(
     seed: int = 0,
     types: tuple[str, ...] = ("T cell",),
     borrowed_trend: float = 0.0,
+    mean_count: float = 80.0,
+    library_trend: float = 0.0,
+    n_high: int = 0,
 ) -> tuple[ad.AnnData, np.ndarray]:
     """Samples of ``types`` for ``n_donors`` donors (ages 20-90, pools of 14).
 
     The first ``n_planted`` genes change by ``effect`` log2 per decade in the first
     type. With two types, gene ``n_genes - 1`` is a marker of the second type that
     reaches the first through doublets, at a share rising by ``borrowed_trend`` (log)
-    per decade. Returns the AnnData and the planted effects per gene (first type).
+    per decade. ``mean_count`` is the median count of a gene; ``library_trend`` the
+    change of a sample's library (its number of cells) per decade, in log; ``n_high``
+    genes after the planted ones have 500 counts (size factors need genes without a
+    zero). Returns the AnnData and the planted effects per gene (first type).
     """
     rng = np.random.default_rng(seed)
     age = rng.uniform(20, 90, n_donors).round()
@@ -41,7 +47,8 @@ def pseudobulk(
     pool = np.array([f"P{i // 14:02d}" for i in rng.permutation(n_donors)])
     pools = sorted(set(pool))
     pool_effect = rng.normal(0, pool_sd, (len(pools), n_genes)) if pool_sd else None
-    base = np.exp(rng.normal(np.log(80), 1.0, n_genes))
+    base = np.exp(rng.normal(np.log(mean_count), 1.0, n_genes))
+    base[n_planted : n_planted + n_high] = 500.0
     beta = np.zeros(n_genes)
     beta[:n_planted] = effect * np.where(np.arange(n_planted) % 2, -1, 1)
     rows, obs = [], []
@@ -54,7 +61,8 @@ def pseudobulk(
             log_mu += np.log(2) * beta[None, :] * (age[:, None] - 55) / 10
         if pool_effect is not None:
             log_mu += pool_effect[[pools.index(p) for p in pool]]
-        lam = np.exp(log_mu) * rng.uniform(0.7, 1.3, (n_donors, 1))
+        cells = np.exp(library_trend * (age - 55) / 10)[:, None]
+        lam = np.exp(log_mu) * rng.uniform(0.7, 1.3, (n_donors, 1)) * cells
         if t == 0 and borrowed_trend:  # each doublet brings one cell's worth (1 %)
             doublets = rng.poisson(0.5 * np.exp(borrowed_trend * (age - 55) / 10))
             lam[:, -1] += doublets * 40.0
@@ -135,3 +143,29 @@ def test_marker_genes_of_other_cell_types_are_not_tested():
     by = {s.cell_type: s for s in summaries}
     assert by["T cell"].n_genes_borrowed == 1 and by["B cell"].n_genes_borrowed == 0
     assert marker in set(guarded.loc[guarded["cell_type"] == "B cell", "gene_id"])
+
+
+def test_floor_on_fitted_means_biases_low_counts_when_libraries_shrink_with_age():
+    """Fewer cells per sample in old donors: DESeq2's bulk floor (0.5) tilts null slopes."""
+    adata, _ = pseudobulk(400, mean_count=1.0, library_trend=-0.4, n_high=20, seed=5)
+    floor, _ = de.differential_expression(adata, **PARAMS, min_mu=0.5)
+    fixed, _ = de.differential_expression(adata, **PARAMS, min_mu=1e-6)
+    low = floor["baseMean"] < floor["baseMean"].quantile(0.4)
+    assert floor.loc[low, "stat"].mean() > 1.0  # a bias, not noise (SE of the mean ~0.13)
+    assert abs(fixed.loc[low.to_numpy(), "stat"].mean()) < 0.4
+    assert np.mean(fixed["pvalue"].dropna() < 0.05) < 0.1
+
+
+def test_t_distribution_widens_the_tail_with_few_donors():
+    adata, _ = pseudobulk(24, seed=6)
+    normal, _ = de.differential_expression(adata, **PARAMS)
+    student, _ = de.differential_expression(adata, **PARAMS, t_test=True)
+    pd.testing.assert_series_equal(normal["stat"], student["stat"])
+    from scipy.stats import norm, t
+
+    stat = student["stat"].to_numpy()
+    ok = np.isfinite(stat)
+    expected = 2 * t.sf(np.abs(stat[ok]), 24 - 3)
+    np.testing.assert_allclose(student["pvalue"].to_numpy()[ok], expected)
+    np.testing.assert_allclose(normal["pvalue"].to_numpy()[ok], 2 * norm.sf(np.abs(stat[ok])))
+    assert (student["pvalue"].to_numpy()[ok] >= normal["pvalue"].to_numpy()[ok]).all()

@@ -149,6 +149,8 @@ class DeParams:
     min_donors: int = _f(ge=3)
     covariates: list[str]
     min_expression_ratio: float = _f(ge=0.0, lt=1.0)
+    min_mu: float = _f(gt=0.0)
+    wald_distribution: Literal["t", "normal"]
 
     def problem(self) -> tuple[str, str] | None:
         """Return ``(key, what is wrong)`` across keys, or None."""

@@ -273,6 +273,8 @@ def differential_expression(
     min_donors: int,
     covariates: tuple[str, ...] | list[str] = ("sex",),
     min_expression_ratio: float = 0.0,
+    min_mu: float = 0.5,
+    t_test: bool = False,
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, list[CellTypeSummary]]:
     """Test every cell type of a pseudobulk AnnData for genes changing with age.
@@ -294,6 +296,9 @@ def differential_expression(
         A gene is tested in a cell type only where its mean CPM reaches this
         fraction of its highest mean CPM among the cell types
         (:func:`expression_ratio`); 0 tests every gene.
+    min_mu, t_test
+        DESeq2 settings, see :func:`immune_aging.analysis.deseq.age_wald_test`
+        (the defaults are PyDESeq2's).
     n_jobs
         Cell types fitted in parallel (processes); results do not depend on it.
 
@@ -329,7 +334,8 @@ def differential_expression(
         else:
             jobs.append((counts, metadata, summary))
     symbols = pd.Series(adata.var["feature_name"].astype(str).to_numpy(), index=adata.var_names)
-    args = [(c, m, s.design, alpha) for c, m, s in jobs]
+    options = {"min_mu": min_mu, "t_test": t_test}
+    args = [(c, m, s.design, alpha, options) for c, m, s in jobs]
     workers = max(1, min(n_jobs, len(jobs)))
     fitted = map_ordered(deseq.run_one, args, workers, label="cell types fitted")
     tables = []

@@ -39,6 +39,8 @@ def body(args, params: DeParams) -> None:
         min_donors=params.min_donors,
         covariates=params.covariates,
         min_expression_ratio=params.min_expression_ratio,
+        min_mu=params.min_mu,
+        t_test=params.wald_distribution == "t",
         n_jobs=n_threads(),
     )
     if all(s.skipped for s in summaries):
