@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # dvc.yaml runs `python -m immune_aging.stages.<stage>`: the venv's python must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser repro test lint format bench summary lock clean-venv
+.PHONY: setup browser repro test lint format bench science summary lock clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ summary: setup
 bench: setup
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/simulate_onek1k.py
+
+# Power and calibration on the realistic simulation preset (about two hours on two
+# cores): bench/results/science.{json,md,png}. Runs are kept in bench/scratch/science/.
+science: setup
+	IMMUNE_AGING_THREADS=$${IMMUNE_AGING_THREADS:-2} $(BIN)/python bench/science.py study
+	$(BIN)/python bench/science.py summarise
 
 # Regenerate the lock after changing dependency ranges in pyproject.toml.
 lock:

@@ -93,10 +93,20 @@ def entry_paths(entries: list[Any] | None) -> list[str]:
     return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
 
 
-def stage_outputs(stage: str, root: Path = REPO) -> list[str]:
-    """The paths ``stage`` declares as outs, metrics and plots in ``root/dvc.yaml``."""
+def stage_outputs(stage: str, root: Path = REPO, *, cached_only: bool = False) -> list[str]:
+    """The paths ``stage`` declares as outs, metrics and plots in ``root/dvc.yaml``.
+
+    With ``cached_only``, those declared ``cache: false`` (committed to git) are left out.
+    """
     spec = dvc_stages(root)[stage]
-    return entry_paths(spec.get("outs")) + entry_paths(spec.get("metrics"))
+    entries = [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]
+    return [
+        path
+        for path, opts in (
+            next(iter(e.items())) if isinstance(e, dict) else (str(e), {}) for e in entries
+        )
+        if not (cached_only and (opts or {}).get("cache") is False)
+    ]
 
 
 def stage_command(stage: str, root: Path = REPO) -> list[str]:

@@ -497,6 +497,14 @@ CASES = [
             [("B cell", [30.0, 50.0, 70.0]), ("T cell", [30.0, 40.0, np.nan, np.nan, 80.0])]
         ),
     ),
+    Case(
+        "de-pool-covariate-missing",
+        "de",
+        "error: de: data/pseudobulk/pseudobulk.h5ad: obs column 'pool' missing: de.covariates "
+        "needs it (set pseudobulk.pool_key to the pool column)",
+        params={"de": {"covariates": ["sex", "pool"]}},
+        setup=pseudobulk([("T cell", [30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 35.0, 45.0])]),
+    ),
     # gene sets
     Case(
         "gmt-empty",

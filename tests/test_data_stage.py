@@ -25,6 +25,8 @@ SMALL = {
     "dying_rate": 0.03,
     "rbc_rate": 0.01,
     "chunk_cells": 1000,
+    "preset": "default",
+    "age_effect_scale": 1.0,
 }
 
 
@@ -103,6 +105,18 @@ def test_synthetic_source(project):
     finally:
         adata.file.close()
     assert not list(raw.parent.glob(".*tmp-*"))
+
+
+def test_realistic_preset_and_null_twin(project):
+    assert run(project, preset="realistic", n_cell_types=4, n_donors=20) == 0
+    truth = json.loads((project / "data" / "raw" / "truth.json").read_text())
+    assert truth["preset"] == "realistic" and truth["null_cell_types"] == ["natural killer cell"]
+    assert truth["log2fc_per_decade_by_cell_type"][
+        "central memory CD4-positive, alpha-beta T cell"
+    ]
+    assert run(project, preset="realistic", n_cell_types=4, n_donors=20, age_effect_scale=0) == 0
+    twin = json.loads((project / "data" / "raw" / "truth.json").read_text())
+    assert twin["aged_cell_types"] == [] and twin["donors"] == truth["donors"]
 
 
 def test_external_source_is_validated_and_hard_linked(project):

@@ -69,6 +69,34 @@ def test_single_sex_falls_back_to_age_only_design():
     assert s.design == "~age_scaled" and s.skipped is None
 
 
+def test_pool_covariate_enters_the_design_when_it_varies():
+    adata = make_pseudobulk(extra=False)
+    adata.obs["pool"] = pd.Categorical(["P1"] * 5 + ["P2"] * 5)
+    results, (s,) = run(adata, covariates=["sex", "pool"])
+    assert s.design == "~age_scaled + sex + pool"
+    assert results.set_index("gene").loc["GENE0", "padj"] < 0.05
+    adata.obs["pool"] = "P1"
+    _, (s,) = run(adata, covariates=["sex", "pool"])
+    assert s.design == "~age_scaled + sex"
+    _, (s,) = run(adata, covariates=[])
+    assert s.design == "~age_scaled"
+
+
+def test_pools_of_one_sample_share_a_level():
+    merged = de._pool_levels(np.array(["A", "A", "B", "C", "D", "D"]))
+    assert merged.tolist() == ["A", "A", "other pools", "other pools", "D", "D"]
+    # a single lone pool joins the largest one
+    assert de._pool_levels(np.array(["A", "A", "A", "B", "C", "C"])).tolist() == [
+        "A",
+        "A",
+        "A",
+        "A",
+        "C",
+        "C",
+    ]
+    assert de._pool_levels(np.array(["A", "A"])).tolist() == ["A", "A"]
+
+
 def test_genes_below_min_total_count_are_not_tested():
     adata = make_pseudobulk(extra=False)
     x = adata.X.toarray()

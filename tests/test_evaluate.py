@@ -24,10 +24,28 @@ KEYS = [
     "cluster.purity",
     "qc.doublet_recall",
     "qc.doublet_precision",
+    "de.discoveries",
+    "de.recall_by_effect",
+    "de.effect_scale",
+    "de.null_cell_types",
+    "de.null_cell_types_with_discoveries",
+    "de.null_discoveries",
+    "gsea.decoys_called",
+    "gsea.decoys_total",
+    "gsea.decoy_rate",
+    "gsea.decoy_rate_by_kind",
+    "ora.decoys_called",
+    "ora.decoys_total",
+    "ora.decoy_rate",
+    "ora.decoy_rate_by_kind",
+    "predict.r2_null",
+    "predict.baseline_r2_null",
 ]
 
 TRUTH = {
+    "cell_types": ["A", "B", "C"],
     "aged_cell_types": ["A", "C"],
+    "log2fc_per_decade": {"g1": 0.3, "g2": -0.08, "g4": 0.02},
     "age_genes": {"A": {"up": ["g1", "g4"], "down": ["g2"]}, "C": {"up": ["g1"], "down": []}},
     "gene_sets": {
         "UP": {"direction": "up", "cell_types": ["A", "C"], "genes": ["G1", "G4"]},
@@ -44,6 +62,7 @@ DE = pd.DataFrame(
         "gene_id": ["g1", "g2", "g3", "g4", "g1", "g2"],
         "log2FoldChange": [0.5, 0.4, 0.3, 0.2, 0.5, -0.1],
         "padj": [0.001, 0.01, 0.02, 0.5, 0.01, 0.9],
+        "log2fc_per_decade": [0.3, 0.2, 0.1, 0.05, 0.2, -0.04],
     }
 )
 GSEA = pd.DataFrame(
@@ -104,14 +123,54 @@ def test_gene_set_recovery_counts_sign_and_prefixed_names():
 
 
 def test_predict_mean_over_aged_cell_types_with_scores():
+    # aged: A (C has no scores); without an age effect: B
     assert evaluate.predict_scores(PREDICT, TRUTH) == {
         "predict.r2": 0.6,
         "predict.baseline_r2": 0.0,
+        "predict.r2_null": 0.1,
+        "predict.baseline_r2_null": -0.1,
     }
-    assert evaluate.predict_scores({}, TRUTH) == {
-        "predict.r2": None,
-        "predict.baseline_r2": None,
+    assert evaluate.predict_scores({}, TRUTH) == dict.fromkeys(
+        ["predict.r2", "predict.baseline_r2", "predict.r2_null", "predict.baseline_r2_null"]
+    )
+
+
+def test_recall_by_effect_bins_and_effect_scale():
+    scores = evaluate.power_scores(DE, TRUTH, alpha=0.05)
+    # planted in the tested types: (A,g1) 0.3 found; (A,g2) -0.08 wrong sign; (A,g4) 0.02 not
+    assert scores["de.recall_by_effect"] == {
+        "<0.05": {"planted": 1, "found": 0, "recall": 0.0},
+        "0.05-0.1": {"planted": 1, "found": 0, "recall": 0.0},
+        "0.1-0.2": {"planted": 0, "found": 0, "recall": None},
+        ">=0.2": {"planted": 1, "found": 1, "recall": 1.0},
     }
+    # estimates 0.3, 0.2, 0.05 against 0.3, -0.08, 0.02: sum(e*v) / sum(v*v)
+    expected = (0.3 * 0.3 - 0.2 * 0.08 + 0.05 * 0.02) / (0.09 + 0.0064 + 0.0004)
+    assert scores["de.effect_scale"] == pytest.approx(expected)
+    # B has no planted effect and one significant gene
+    assert scores["de.null_cell_types"] == 1
+    assert scores["de.null_cell_types_with_discoveries"] == 1
+    assert scores["de.null_discoveries"] == 1 and scores["de.discoveries"] == 4
+
+
+def test_effects_by_cell_type_take_precedence():
+    truth = {**TRUTH, "log2fc_per_decade_by_cell_type": {"A": {"g3": 0.12}, "B": {}}}
+    assert evaluate.planted_effects(truth) == {("A", "g3"): 0.12}
+    table = evaluate.recall_by_effect(DE, truth, alpha=0.05)
+    assert table.set_index("bin").loc["0.1-0.2", "found"] == 1
+
+
+def test_decoys_called_by_gsea_and_ora():
+    truth = {**TRUTH, "decoy_sets": ["DECOY", "PROG"], "decoy_kinds": {"PROG": "program"}}
+    gsea = pd.DataFrame(
+        {"cell_type": ["A", "B", "A"], "term": ["lib:DECOY", "PROG", "UP"], "fdr": [0.01, 0.2, 0]}
+    )
+    ora = pd.DataFrame({"cell_type": ["B"], "term": ["PROG"], "padj": [0.001]})
+    scores = evaluate.decoy_scores(gsea, ora, truth, {"A", "B"}, alpha=0.05)
+    assert scores["gsea.decoys_called"] == 1 and scores["gsea.decoys_total"] == 4
+    assert scores["gsea.decoy_rate"] == 0.25
+    assert scores["gsea.decoy_rate_by_kind"] == {"program": 0.0, "random": 0.5}
+    assert scores["ora.decoy_rate_by_kind"] == {"program": 0.5, "random": 0.0}
 
 
 def test_cluster_scores_on_literal_labels():
@@ -182,6 +241,7 @@ def stage_args(root):
         *args,
         "--predict", str(root / "predict.json"),
         "--metrics", str(root / "metrics" / "evaluate.json"),
+        "--plots", str(root / "plots"),
     ]  # fmt: skip
 
 
@@ -190,6 +250,8 @@ def test_stage_without_truth_writes_nulls(stage_env):
     text = (stage_env / "metrics" / "evaluate.json").read_text()
     assert json.loads(text) == dict.fromkeys(KEYS)
     assert '"de.recall": null' in text
+    table = pd.read_csv(stage_env / "plots" / "recall_by_effect.csv")
+    assert list(table["planted"]) == [0, 0, 0, 0]
 
 
 def test_stage_with_truth_writes_scores(stage_env):
@@ -198,6 +260,8 @@ def test_stage_with_truth_writes_scores(stage_env):
     scores = json.loads((stage_env / "metrics" / "evaluate.json").read_text())
     assert sorted(scores) == sorted(KEYS)
     assert scores["de.recall"] == pytest.approx(1 / 3) and scores["qc.doublet_recall"] == 0.5
+    table = pd.read_csv(stage_env / "plots" / "recall_by_effect.csv")
+    assert list(table["planted"]) == [1, 1, 0, 1] and list(table["found"]) == [0, 0, 0, 1]
 
 
 def test_stage_bad_truth_writes_nothing(stage_env, capsys):

@@ -82,6 +82,69 @@ def test_prevalence_tolerates_float_rounding():
     assert sel.cell_types_kept == ["A"]
 
 
+def aged_obs(lacking: dict[str, int], n_donors: int = 40) -> pd.DataFrame:
+    """Donors aged 20 to 85; type A everywhere, type B in donors per ``lacking``.
+
+    ``lacking`` maps ``"B"`` (cell type thinning out with age: absent from the oldest
+    donors) or ``"A"`` (absent from the oldest few) to how many oldest donors lack it.
+    """
+    ages = np.linspace(20, 85, n_donors).round()
+    layout = {}
+    for i in range(n_donors):
+        old_rank = n_donors - 1 - i
+        layout[f"d{i:02d}"] = {
+            "A": 0 if old_rank < lacking.get("A", 0) else 12,
+            "B": 1 if old_rank < lacking.get("B", 0) else 12,
+        }
+    obs = make_obs(layout)
+    stage_of = {
+        f"d{i:02d}": ("80 year-old and over stage" if a >= 80 else f"{int(a)}-year-old stage")
+        for i, a in enumerate(ages)
+    }
+    obs["development_stage"] = obs["donor_id"].map(stage_of)
+    return obs
+
+
+def test_rule_2_removing_a_type_by_age_is_reported_with_a_warning():
+    obs = aged_obs({"B": 12})
+    sel = select(obs, min_cells_per_celltype=10, percent_donors=0.95)
+    assert sel.cell_types_removed == ["B"]
+    report, warnings = filtering.rule_ages(obs, sel, min_cells_per_celltype=10)
+    entry = report["cell_type_prevalence"]["B"]
+    assert entry["donors"] == 12 and entry["mean_age"] > entry["mean_age_rest"] + 30
+    assert entry["p_value"] < 0.001 and entry["share_age_spearman"] < -0.5
+    assert len(warnings) == 1 and warnings[0].startswith("rule 2 removed cell type 'B'")
+    # the per-sample alternative keeps it (pseudobulk drops the small samples)
+    kept = select(obs, min_cells_per_celltype=10, percent_donors=0.95, prevalence="samples")
+    assert kept.cell_types_kept == ["A", "B"] and kept.keep.all()
+
+
+def test_rule_3_dropping_old_donors_is_reported_with_a_warning():
+    obs = aged_obs({"A": 3}, n_donors=60)  # 57 of 60 have A: kept at 95 %
+    sel = select(obs, min_cells_per_celltype=10, percent_donors=0.95)
+    assert sel.cell_types_kept == ["A", "B"] and len(sel.donors_removed_cell_types) == 3
+    report, warnings = filtering.rule_ages(obs, sel, min_cells_per_celltype=10)
+    assert report["donor_completeness"]["mean_age"] >= 80
+    assert report["donor_completeness"]["p_value"] < 0.01
+    assert [w.split(" removed")[0] for w in warnings] == ["rule 3"]
+
+
+def test_rules_removing_regardless_of_age_do_not_warn():
+    obs = aged_obs({})
+    # B absent from every fourth donor, whatever its age
+    keep = ~(
+        (obs["cell_type"] == "B") & obs["donor_id"].isin([f"d{i:02d}" for i in range(0, 40, 4)])
+    )
+    obs = obs[keep.to_numpy()]
+    sel = select(obs, min_cells_per_celltype=10, percent_donors=0.95)
+    assert sel.cell_types_removed == ["B"]
+    report, warnings = filtering.rule_ages(obs, sel, min_cells_per_celltype=10)
+    assert report["cell_type_prevalence"]["B"]["p_value"] > 0.05 and warnings == []
+    # without readable ages there is nothing to report
+    obs = obs.assign(development_stage="a-year-old stage")
+    assert filtering.rule_ages(obs, sel, min_cells_per_celltype=10) == ({}, [])
+
+
 def test_rules_do_not_modify_obs():
     obs = make_obs({"d1": {"A": 3, "B": 1}, "d2": {"A": 3}})
     obs["cell_type"] = obs["cell_type"].astype("category")

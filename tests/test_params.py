@@ -71,6 +71,22 @@ def _params_with(tmp_path: Path, section: str, **changes) -> Path:
             {"sources": "data/raw/genesets.gmt"},
             "genesets.sources: expected a list, got 'data/raw/genesets.gmt'",
         ),
+        (
+            "de",
+            {"covariates": ["sex", "batch"]},
+            "de.covariates: unknown covariate 'batch' (expected some of sex, pool)",
+        ),
+        ("de", {"covariates": ["sex", "sex"]}, "de.covariates: a covariate is listed twice"),
+        (
+            "pseudobulk",
+            {"censored_age": "bound"},
+            "pseudobulk.censored_age: expected one of 'assign', 'drop', got 'bound'",
+        ),
+        (
+            "filter",
+            {"prevalence": "donors"},
+            "filter.prevalence: expected one of 'cell_types', 'samples', got 'donors'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, section, changes, message):

@@ -467,3 +467,61 @@ def test_stage_nothing_survives(tmp_path, monkeypatch, capsys):
         "(pseudobulk.min_samples_per_cell_type, pseudobulk.min_cells)"
     )
     assert not out.exists()
+
+
+def test_censored_ages_assigned_or_dropped():
+    obs = pd.DataFrame(
+        {
+            "donor_id": ["D1", "D2", "D3"],
+            "sex": ["male", "female", "male"],
+            "development_stage": [
+                "63-year-old stage",
+                "80 year-old and over stage",
+                "unknown",
+            ],
+        }
+    )
+    donors = age.donor_table(obs, age_80_and_over=85.0)
+    kept = pseudobulk.censor_rule(donors, "assign")
+    np.testing.assert_array_equal(kept["age"].to_numpy(), [63.0, 85.0, np.nan])
+    dropped = pseudobulk.censor_rule(donors, "drop")
+    np.testing.assert_array_equal(dropped["age"].to_numpy(), [63.0, np.nan, np.nan])
+    assert donors.loc["D2", "age"] == 85.0  # not modified
+    pb = ad.AnnData(np.zeros((3, 1)), obs=pd.DataFrame(index=["a", "b", "c"]))
+    pb.obs["donor_id"] = ["D1", "D2", "D3"]
+    summary = pseudobulk.summary(
+        pb,
+        pd.DataFrame(
+            {"kept": [True], "samples_kept": [3], "samples_few_cells": [0], "reason": [""]},
+            index=["T"],
+        ),
+        dropped,
+        censored_age="drop",
+    )
+    assert summary["censored_age"] == {"rule": "drop", "donors": 1, "dropped": 1}
+    assert summary["donors_unknown_age"] == 2
+
+
+def test_donor_pools_take_the_main_pool_and_count_splits():
+    obs = pd.DataFrame(
+        {
+            "donor_id": ["D1", "D1", "D1", "D2", "D2", "D3"],
+            "pool": ["P2", "P1", "P2", "P3", "P1", "P1"],
+        }
+    )
+    pools, n_split = pseudobulk.donor_pools(obs, "pool")
+    # D2 is a tie between P1 and P3: the first name wins
+    assert pools.to_dict() == {"D1": "P2", "D2": "P1", "D3": "P1"} and n_split == 2
+    assert pseudobulk.donor_pools(obs, None) == (None, 0)
+    assert pseudobulk.donor_pools(obs, "pool_number") == (None, 0)
+
+
+def test_samples_carry_the_pool():
+    adata = cells_adata()
+    donors = age.donor_table(adata.obs, age_80_and_over=80.0)
+    donors["pool"] = ["P1", "P2", "P1"]
+    pb, _ = pseudobulk.make_pseudobulk(
+        [pseudobulk.sum_counts(adata)], donors, min_cells=2, min_samples_per_cell_type=2
+    )
+    assert pb.obs["pool"].tolist() == ["P1", "P2", "P1", "P1"]
+    assert isinstance(pb.obs["pool"].dtype, pd.CategoricalDtype)

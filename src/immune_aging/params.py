@@ -30,6 +30,8 @@ from immune_aging.errors import ParamsError
 
 T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
+#: Sample annotations of pseudobulk.h5ad the de stage can adjust for (``de.covariates``).
+DE_COVARIATES = ("sex", "pool")
 
 
 def _f(*, ge=None, gt=None, le=None, lt=None, choices=None) -> Any:
@@ -54,6 +56,8 @@ class SyntheticParams:
     dying_rate: float = _f(ge=0.0, lt=0.5)
     rbc_rate: float = _f(ge=0.0, lt=0.5)
     chunk_cells: int = _f(ge=1000)
+    preset: Literal["default", "realistic"]
+    age_effect_scale: float = _f(ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class FilterParams:
     min_cells_per_celltype: int = _f(ge=1)
     percent_donors: float = _f(gt=0.0, le=1.0)
     keep_obs: list[str]
+    prevalence: Literal["cell_types", "samples"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,9 @@ class PseudobulkParams:
 
     min_cells: int = _f(ge=1)
     min_samples_per_cell_type: int = _f(ge=2)
+    censored_age: Literal["assign", "drop"]
     age_80_and_over: float = _f(ge=80.0, le=120.0)
+    pool_key: str | None = _f()
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,21 @@ class DeParams:
     alpha: float = _f(gt=0.0, lt=1.0)
     min_total_count: int = _f(ge=0)
     min_donors: int = _f(ge=3)
+    covariates: list[str]
+    min_expression_ratio: float = _f(ge=0.0, lt=1.0)
+    min_mu: float = _f(gt=0.0)
+    wald_distribution: Literal["t", "normal"]
+
+    def problem(self) -> tuple[str, str] | None:
+        """Return ``(key, what is wrong)`` across keys, or None."""
+        bad = [c for c in self.covariates if c not in DE_COVARIATES]
+        if bad:
+            return "covariates", (
+                f"unknown covariate {bad[0]!r} (expected some of {', '.join(DE_COVARIATES)})"
+            )
+        if len(set(self.covariates)) != len(self.covariates):
+            return "covariates", "a covariate is listed twice"
+        return None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """Thread count from the environment, never from tracked parameters.
 
-``IMMUNE_AGING_THREADS`` sets the number of threads every numeric library may use
-(BLAS, OpenMP, numba, PyDESeq2/joblib workers). When it is unset, all cores
-available to this process are used. Changing it never invalidates a DVC cache,
-because it is not part of ``params.yaml``.
+``IMMUNE_AGING_THREADS`` sets the number of threads the numeric libraries may use
+(OpenMP, numba, Harmony, gseapy) and the worker processes of the stages that run
+groups in parallel (Scrublet per donor, PyDESeq2 per cell type). When it is unset,
+all cores available to this process are used. Changing it never invalidates a DVC
+cache, because it is not part of ``params.yaml``, and never changes a result:
+BLAS, whose sums depend on its thread count, runs on one thread
+(:mod:`immune_aging.determinism` pins ``OPENBLAS_NUM_THREADS=1`` first; with
+``IMMUNE_AGING_NATIVE=1`` BLAS gets the thread count too).
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ def n_threads() -> int:
 def configure_threads() -> int:
     """Export the thread count to the numeric libraries' environment variables.
 
-    Variables the user set explicitly are left alone. Must run before numpy,
+    Variables already set (by the user, or pinned by
+    :func:`immune_aging.determinism.pin_numerics`) are left alone. Must run before numpy,
     numba or scipy are imported to take effect, which importing
     :mod:`immune_aging` guarantees.
 

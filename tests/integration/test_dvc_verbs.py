@@ -30,15 +30,26 @@ from tests.builders import (
 pytestmark = pytest.mark.integration
 
 
-def output_paths(root: Path) -> list[Path]:
-    """The outputs (outs and metrics) every stage of ``dvc.yaml`` declares."""
-    return [root / path for name in stage_names(root) for path in stage_outputs(name, root)]
+def output_paths(root: Path, *, cached_only: bool = False) -> list[Path]:
+    """The outputs (outs, metrics and plots) every stage of ``dvc.yaml`` declares.
+
+    With ``cached_only``, those declared ``cache: false`` (committed to git) are left out.
+    """
+    return [
+        root / path
+        for name in stage_names(root)
+        for path in stage_outputs(name, root, cached_only=cached_only)
+    ]
 
 
 def remove_outputs_and_cache(root: Path) -> None:
-    """Delete the DVC cache and every declared output, as on a fresh machine."""
+    """Delete the DVC cache and every cached output, as on a fresh machine.
+
+    Outputs declared ``cache: false`` (metrics, figures) are committed to git, so a
+    fresh clone has them.
+    """
     shutil.rmtree(root / ".dvc" / "cache")
-    for path in output_paths(root):
+    for path in output_paths(root, cached_only=True):
         if path.is_dir():
             shutil.rmtree(path)
         else:

@@ -1,9 +1,10 @@
 """Differential expression with donor age, per cell type, on pseudobulk counts.
 
-For each cell type, PyDESeq2 fits the negative-binomial GLM ``~ age_scaled + sex``
-to the summed counts of its (cell type, donor) samples and a Wald test is run on
-the age coefficient, with Benjamini-Hochberg adjusted p-values (DESeq2's
-independent filtering and Cook's outlier handling as in the reference method).
+For each cell type, PyDESeq2 fits the negative-binomial GLM ``~ age_scaled +
+<covariates>`` (``de.covariates``: ``sex`` by default, ``pool`` possible) to the
+summed counts of its (cell type, donor) samples and a Wald test is run on the age
+coefficient, with Benjamini-Hochberg adjusted p-values (DESeq2's independent
+filtering and Cook's outlier handling as in the reference method).
 
 ``age_scaled`` is the donor age z-scored within the cell type (mean 0, sample SD
 1), so ``log2FoldChange`` is the change per standard deviation of age; the SD in
@@ -11,14 +12,14 @@ years is recorded and ``log2fc_per_decade = 10 * log2FoldChange / sd`` is added.
 
 Donors of unknown age (NaN) are dropped and counted. A cell type is skipped, with
 its reason recorded, when it has too few donors of known age, a single age, no
-gene above the count threshold, or too few donors for the design; when all its
-donors share one sex the design falls back to ``~ age_scaled``.
+gene above the count threshold, or too few donors for the design; a covariate
+with a single level among its donors (e.g. one sex) is left out of its design.
 
 Sex labels are normalised by :func:`immune_aging.analysis.age.sex_labels` (lower case;
-missing or empty is
-``"unknown"``, CELLxGENE's term). ``"unknown"`` is a level of the sex factor of its
-own: a donor of unknown sex is counted neither as female nor as male. The predict
-stage encodes sex the same way (:func:`immune_aging.analysis.predict.sex_features`).
+missing or empty is ``"unknown"``, CELLxGENE's term). ``"unknown"`` is a level of the
+sex factor of its own: a donor of unknown sex is counted neither as female nor as
+male. The predict stage encodes sex the same way
+(:func:`immune_aging.analysis.predict.sex_features`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class CellTypeSummary:
     n_dropped_unknown_age
         Donors dropped because their age is unknown.
     n_genes_tested
-        Genes at or above the count threshold.
+        Genes at or above the count threshold and not borrowed from other cell types.
+    n_genes_borrowed
+        Genes above the count threshold left untested because their expression in
+        this cell type is mostly other cell types' RNA (see :func:`expression_ratio`).
     n_up, n_down
         Genes with ``padj < alpha`` and a positive / negative age effect.
     age_sd_years
@@ -84,6 +88,7 @@ class CellTypeSummary:
     n_donors: int = 0
     n_dropped_unknown_age: int = 0
     n_genes_tested: int = 0
+    n_genes_borrowed: int = 0
     n_up: int = 0
     n_down: int = 0
     age_sd_years: float | None = None
@@ -104,6 +109,7 @@ class CellTypeSummary:
             "n_donors": self.n_donors,
             "n_dropped_unknown_age": self.n_dropped_unknown_age,
             "n_genes_tested": self.n_genes_tested,
+            "n_genes_borrowed": self.n_genes_borrowed,
             "n_up": self.n_up,
             "n_down": self.n_down,
             "age_sd_years": self.age_sd_years,
@@ -116,8 +122,33 @@ def _dense(x: Any) -> np.ndarray:
     return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
+def _pool_levels(values: np.ndarray) -> np.ndarray:
+    """Merge pools holding a single sample into one level, so that no level is one sample.
+
+    A level of one sample fits that sample exactly (leverage 1), which leaves its
+    Cook's distance undefined and spends a coefficient on nothing. Such pools share
+    the level ``other pools``; if that is a single sample too, it joins the largest
+    pool.
+    """
+    values = np.asarray(values, dtype=object)
+    levels, counts = np.unique(values, return_counts=True)
+    single = set(levels[counts < 2])
+    if not single:
+        return values
+    out = np.where(np.isin(values, list(single)), "other pools", values).astype(object)
+    if len(single) == 1:
+        out[out == "other pools"] = levels[np.argmax(counts)]
+    return out
+
+
 def prepare_cell_type(
-    adata: Any, cell_type: str, *, min_total_count: int, min_donors: int
+    adata: Any,
+    cell_type: str,
+    *,
+    min_total_count: int,
+    min_donors: int,
+    covariates: tuple[str, ...] | list[str] = ("sex",),
+    borrowed: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, CellTypeSummary]:
     """Build the DESeq2 inputs of one cell type, or say why it cannot be tested.
 
@@ -131,13 +162,21 @@ def prepare_cell_type(
         Genes with fewer summed counts over the kept donors are not tested.
     min_donors
         Fewest donors of known age needed.
+    covariates
+        Sample annotations adjusted for (``sex``, ``pool``), as categorical terms
+        after ``age_scaled``; one with a single level among the donors is left out.
+        Pools holding a single sample share one level (see :func:`_pool_levels`).
+    borrowed
+        Boolean per gene: not tested here (mostly other cell types' RNA); ``None``:
+        every gene may be tested.
 
     Returns
     -------
     counts : DataFrame or None
         Samples x genes integer counts (columns: gene IDs), ``None`` when skipped.
     metadata : DataFrame or None
-        ``age_scaled`` and ``sex`` per sample, ``None`` when skipped.
+        ``age_scaled`` and the covariates in the design per sample, ``None`` when
+        skipped.
     summary : CellTypeSummary
         Donor and gene counts, the design and, when skipped, the reason.
     """
@@ -161,15 +200,27 @@ def prepare_cell_type(
     if not sd > 0:
         summary.skipped = "every donor has the same age"
         return None, None, summary
-    sex = sex_labels(obs["sex"].to_numpy()[known])
-    n_sexes = len(np.unique(sex))
-    design = "~age_scaled + sex" if n_sexes > 1 else "~age_scaled"
-    n_coef = 2 + (n_sexes - 1 if n_sexes > 1 else 0)
+    terms: dict[str, np.ndarray] = {}
+    for name in covariates:
+        if name == "sex":
+            values = sex_labels(obs["sex"].to_numpy()[known])
+        else:
+            values = obs[name].astype(str).to_numpy()[known]
+            values = np.where(pd.isna(obs[name].to_numpy()[known]), "unknown", values)
+        if name == "pool":
+            values = _pool_levels(values)
+        if len(np.unique(values)) > 1:
+            terms[name] = values
+    design = "~" + " + ".join(["age_scaled", *terms])
+    n_coef = 2 + sum(len(np.unique(v)) - 1 for v in terms.values())
     if summary.n_donors <= n_coef:
         summary.skipped = f"{summary.n_donors} donors are too few for the design {design}"
         return None, None, summary
     x = _dense(adata.X[np.flatnonzero(known)]).astype(np.float64)
     keep = x.sum(axis=0) >= min_total_count
+    if borrowed is not None:
+        summary.n_genes_borrowed = int((keep & borrowed).sum())
+        keep &= ~borrowed
     summary.n_genes_tested = int(keep.sum())
     if summary.n_genes_tested == 0:
         summary.skipped = f"no gene with at least de.min_total_count={min_total_count} counts"
@@ -181,11 +232,47 @@ def prepare_cell_type(
         columns=adata.var_names[keep].astype(str),
     )
     metadata = pd.DataFrame(
-        {"age_scaled": (ages - ages.mean()) / sd, "sex": pd.Categorical(sex)}, index=index
+        {
+            "age_scaled": (ages - ages.mean()) / sd,
+            **{name: pd.Categorical(v) for name, v in terms.items()},
+        },
+        index=index,
     )
     summary.age_sd_years = sd
     summary.design = design
     return counts, metadata, summary
+
+
+def expression_ratio(adata: Any) -> pd.DataFrame:
+    """Each gene's mean CPM in each cell type over its highest mean CPM in any type.
+
+    A gene far more expressed in another cell type (a marker of it) is counted in
+    this type's samples mostly through that type's RNA: doublets that escaped
+    detection, ambient RNA, misannotated cells. That share follows the donor's
+    cell-type composition, which changes with age (naive T cells thin out), so
+    such a gene can rise or fall with age in this type's pseudobulk while its
+    expression in this type's cells does not.
+
+    Parameters
+    ----------
+    adata
+        Pseudobulk samples (every cell type); not modified.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Cell types (sorted) x genes (``adata.var_names``), values in [0, 1]; 1 for
+        the type expressing the gene most, 0 where the gene has no count.
+    """
+    x = _dense(adata.X).astype(np.float64)
+    totals = x.sum(axis=1, keepdims=True)
+    cpm = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * 1e6
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    types = sorted(set(labels))
+    means = np.vstack([cpm[labels == t].mean(axis=0) for t in types]) if types else cpm[:0]
+    top = means.max(axis=0, initial=0.0)
+    ratio = np.divide(means, top, out=np.zeros_like(means), where=top > 0)
+    return pd.DataFrame(ratio, index=types, columns=adata.var_names.astype(str))
 
 
 def differential_expression(
@@ -194,6 +281,10 @@ def differential_expression(
     alpha: float,
     min_total_count: int,
     min_donors: int,
+    covariates: tuple[str, ...] | list[str] = ("sex",),
+    min_expression_ratio: float = 0.0,
+    min_mu: float = 0.5,
+    t_test: bool = False,
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, list[CellTypeSummary]]:
     """Test every cell type of a pseudobulk AnnData for genes changing with age.
@@ -209,6 +300,15 @@ def differential_expression(
         Genes with fewer summed counts in a cell type are not tested there.
     min_donors
         Cell types with fewer donors of known age are skipped.
+    covariates
+        Sample annotations adjusted for, see :func:`prepare_cell_type`.
+    min_expression_ratio
+        A gene is tested in a cell type only where its mean CPM reaches this
+        fraction of its highest mean CPM among the cell types
+        (:func:`expression_ratio`); 0 tests every gene.
+    min_mu, t_test
+        DESeq2 settings, see :func:`immune_aging.analysis.deseq.age_wald_test`
+        (the defaults are PyDESeq2's).
     n_jobs
         Cell types fitted in parallel (processes); results do not depend on it.
 
@@ -225,9 +325,18 @@ def differential_expression(
     cell_types = sorted(set(map(str, names)) | set(labels.astype(str)))
     jobs: list[tuple[pd.DataFrame, pd.DataFrame, CellTypeSummary]] = []
     summaries = []
+    ratio = expression_ratio(adata) if min_expression_ratio > 0 else None
     for ct in cell_types:
+        borrowed = None
+        if ratio is not None and ct in ratio.index:
+            borrowed = ratio.loc[ct].to_numpy() < min_expression_ratio
         counts, metadata, summary = prepare_cell_type(
-            adata, ct, min_total_count=min_total_count, min_donors=min_donors
+            adata,
+            ct,
+            min_total_count=min_total_count,
+            min_donors=min_donors,
+            covariates=covariates,
+            borrowed=borrowed,
         )
         summaries.append(summary)
         if summary.skipped:
@@ -235,7 +344,8 @@ def differential_expression(
         else:
             jobs.append((counts, metadata, summary))
     symbols = pd.Series(adata.var["feature_name"].astype(str).to_numpy(), index=adata.var_names)
-    args = [(c, m, s.design, alpha) for c, m, s in jobs]
+    options = {"min_mu": min_mu, "t_test": t_test}
+    args = [(c, m, s.design, alpha, options) for c, m, s in jobs]
     workers = max(1, min(n_jobs, len(jobs)))
     fitted = map_ordered(deseq.run_one, args, workers, label="cell types fitted")
     tables = []

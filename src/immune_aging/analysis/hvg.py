@@ -133,7 +133,10 @@ def highly_variable_genes(
         )
     norm = np.vstack(norm_vars)
     # ranks per batch, then scanpy's combination (SelectIntegrationFeatures in Seurat)
-    ranked = np.argsort(np.argsort(-norm, axis=1), axis=1).astype(np.float32)
+    # a stable sort ranks tied genes by position: numpy's default sort breaks ties
+    # differently in its AVX-512, AVX2 and baseline code
+    ranked = np.argsort(np.argsort(-norm, axis=1, kind="stable"), axis=1, kind="stable")
+    ranked = ranked.astype(np.float32)
     nbatches = (ranked < n_top_genes).sum(axis=0)
     ranked[ranked >= n_top_genes] = np.nan
     median_rank = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)

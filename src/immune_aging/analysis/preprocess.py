@@ -22,7 +22,9 @@ Steps and choices:
 4. PCA on those genes, centred but **not scaled** to unit variance: the seed
    workflow does not scale, sc-best-practices does not either, and scaling
    would densify a cells x HVGs matrix (12 GB for OneK1K). The ARPACK solver is
-   seeded, so the result is deterministic for a given thread count.
+   seeded, and BLAS runs on one thread with one kernel
+   (:mod:`immune_aging.determinism`), so the result is the same bytes at any
+   thread count and on any x86-64-v3 machine.
 """
 
 from __future__ import annotations

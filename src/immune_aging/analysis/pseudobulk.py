@@ -190,6 +190,63 @@ def filter_samples(
     return kept, report
 
 
+def censor_rule(donors: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """Apply the rule for donors whose age is censored (``N year-old and over``).
+
+    Parameters
+    ----------
+    donors
+        Donor table of :func:`immune_aging.analysis.age.donor_table` (``age``,
+        ``age_form``); not modified.
+    rule
+        ``assign``: keep the age the parser gave them (``age_80_and_over``);
+        ``drop``: no age (NaN), so that de and predict leave them out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with the rule applied.
+    """
+    if rule not in ("assign", "drop"):
+        raise ValueError(f"unknown censored-age rule {rule!r}")
+    out = donors.copy()
+    if rule == "drop":
+        out.loc[out["age_form"] == "and_over", "age"] = np.nan
+    return out
+
+
+def donor_pools(obs: pd.DataFrame, pool_key: str | None) -> tuple[pd.Series | None, int]:
+    """Return each donor's 10x pool: the pool of most of its cells.
+
+    Parameters
+    ----------
+    obs
+        Cells with ``donor_id`` and the pool column.
+    pool_key
+        The pool column; ``None`` or a column ``obs`` lacks gives no pools.
+
+    Returns
+    -------
+    pools : pandas.Series or None
+        Pool per donor id (strings, sorted by donor); ties go to the first pool
+        name in sorted order. ``None`` without a pool column.
+    n_split : int
+        Donors whose cells lie in more than one pool.
+    """
+    if pool_key is None or pool_key not in obs.columns:
+        return None, 0
+    frame = pd.DataFrame(
+        {"donor_id": obs["donor_id"].astype(str).to_numpy(), "pool": obs[pool_key].astype(str)}
+    )
+    counts = frame.groupby(["donor_id", "pool"], sort=True).size().rename("n").reset_index()
+    n_split = int((counts.groupby("donor_id").size() > 1).sum())
+    counts = counts.sort_values(["donor_id", "n", "pool"], ascending=[True, False, True])
+    pools = counts.drop_duplicates("donor_id").set_index("donor_id")["pool"]
+    if n_split:
+        log.warning("%d donors have cells in more than one pool: each gets its main pool", n_split)
+    return pools.sort_index(), n_split
+
+
 def add_donor_metadata(pb: ad.AnnData, donors: pd.DataFrame) -> ad.AnnData:
     """Carry donor metadata onto every sample.
 
@@ -198,13 +255,14 @@ def add_donor_metadata(pb: ad.AnnData, donors: pd.DataFrame) -> ad.AnnData:
     pb
         Pseudobulk samples with ``obs['donor_id']``. Not modified.
     donors
-        Output of :func:`donor_table`.
+        Output of :func:`donor_table`, with a ``pool`` column when pools are known.
 
     Returns
     -------
     anndata.AnnData
         A copy whose ``obs`` is ``cell_type, donor_id, n_cells, sex,
-        development_stage, age`` (categoricals for the strings, float years).
+        development_stage, age`` (categoricals for the strings, float years), and
+        ``pool`` when ``donors`` has it.
     """
     out = pb.copy()
     ids = out.obs["donor_id"].astype(str)
@@ -218,6 +276,8 @@ def add_donor_metadata(pb: ad.AnnData, donors: pd.DataFrame) -> ad.AnnData:
     obs["sex"] = pd.Categorical(donors.loc[ids, "sex"].to_numpy())
     obs["development_stage"] = pd.Categorical(donors.loc[ids, "development_stage"].to_numpy())
     obs["age"] = donors.loc[ids, "age"].to_numpy(dtype=np.float64)
+    if "pool" in donors.columns:
+        obs["pool"] = pd.Categorical(donors.loc[ids, "pool"].astype(str).to_numpy())
     out.obs = obs
     return out
 
@@ -277,7 +337,14 @@ def make_pseudobulk(
     return finalize_counts(add_donor_metadata(kept, donors)), report
 
 
-def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[str, Any]:
+def summary(
+    pb: ad.AnnData,
+    report: pd.DataFrame,
+    donors: pd.DataFrame,
+    *,
+    censored_age: str = "assign",
+    donors_split_pools: int = 0,
+) -> dict[str, Any]:
     """Summarise a pseudobulk result for the stage's metrics.
 
     Parameters
@@ -287,19 +354,27 @@ def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[
     report
         Per cell type report of :func:`filter_samples`.
     donors
-        Donor table of :func:`immune_aging.analysis.age.donor_table`.
+        Donor table of :func:`immune_aging.analysis.age.donor_table` after
+        :func:`censor_rule` (with ``pool`` when pools are known).
+    censored_age
+        The censored-age rule applied.
+    donors_split_pools
+        Donors whose cells lie in more than one pool (:func:`donor_pools`).
 
     Returns
     -------
     dict
         Counts of samples, genes, cell types and donors; samples per kept cell
-        type; dropped cell types with their reason; donors of unknown age; age
-        forms.
+        type; dropped cell types with their reason; donors of unknown age (censored
+        ones dropped by the rule included); age forms; the censored-age rule and
+        its donors; pools.
     """
     from immune_aging.analysis.age import count_forms
 
     unknown = donors.index[donors["age"].isna()].tolist()
     used = set(pb.obs["donor_id"].astype(str))
+    censored = donors["age_form"] == "and_over"
+    pools = donors["pool"] if "pool" in donors.columns else None
     return {
         "samples": int(pb.n_obs),
         "genes": int(pb.n_vars),
@@ -316,6 +391,13 @@ def summary(pb: ad.AnnData, report: pd.DataFrame, donors: pd.DataFrame) -> dict[
         "donors_unknown_age": len(unknown),
         "donors_unknown_age_ids": [str(d) for d in unknown],
         "age_forms": count_forms(donors["age_form"]),
+        "censored_age": {
+            "rule": censored_age,
+            "donors": int(censored.sum()),
+            "dropped": int((censored & donors["age"].isna()).sum()),
+        },
+        "pools": None if pools is None else int(pools.nunique()),
+        "donors_split_pools": donors_split_pools,
     }
 
 
@@ -415,7 +497,8 @@ def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
     known = ages[np.isfinite(ages)]
     exact = ages[np.isfinite(ages) & ~censored_mask]
     censored = ages[np.isfinite(ages) & censored_mask]
-    unknown = int(np.isnan(ages).sum())
+    dropped = int((np.isnan(ages) & censored_mask).sum())
+    unknown = int(np.isnan(ages).sum()) - dropped
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     if known.size:
@@ -433,9 +516,10 @@ def plot_ages(donors: pd.DataFrame, *, age_80_and_over: float) -> Any:
         ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.set_xlabel("age (years)")
     ax.set_ylabel("donors")
+    dropped_text = f", {dropped} censored left without an age" if dropped else ""
     ax.set_title(
         f"Donor ages: {known.size} donors with an age ({censored.size} censored), "
-        f"{unknown} unknown"
+        f"{unknown} unknown{dropped_text}"
     )
     fig.tight_layout()
     return fig

@@ -26,11 +26,21 @@ def body(args, params: DeParams) -> None:
     """Read pseudobulk counts, test every cell type, write results, metrics and plots."""
     adata = io.read_h5ad(args.input)
     counts.validate_pseudobulk(adata, args.input)
+    for name in params.covariates:
+        if name not in adata.obs.columns:
+            hint = " (set pseudobulk.pool_key to the pool column)" if name == "pool" else ""
+            raise InputError(
+                f"{args.input}: obs column {name!r} missing: de.covariates needs it{hint}"
+            )
     results, summaries = de.differential_expression(
         adata,
         alpha=params.alpha,
         min_total_count=params.min_total_count,
         min_donors=params.min_donors,
+        covariates=params.covariates,
+        min_expression_ratio=params.min_expression_ratio,
+        min_mu=params.min_mu,
+        t_test=params.wald_distribution == "t",
         n_jobs=n_threads(),
     )
     if all(s.skipped for s in summaries):

@@ -1,7 +1,9 @@
 """Stage ``evaluate``: score the results against the simulation's ground truth.
 
 On real data (no ``truth.json``) every score is empty. The scores are described
-in :mod:`immune_aging.analysis.evaluate`.
+in :mod:`immune_aging.analysis.evaluate`; ``recall_by_effect.csv`` in the plots
+folder tabulates DE recall per bin of planted effect size (no rows' counts
+without truth).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PATHS = {
     "clusters": "clusters parquet",
     "cells": "QC cells parquet",
     "metrics": "metrics JSON",
+    "plots": "folder of the recall-by-effect-size table",
 }
 TRUTH_FILE = "truth.json"
 
@@ -30,6 +33,7 @@ TRUTH_FILE = "truth.json"
 def body(args, params: EvaluateParams) -> None:
     """Read the truth (when there is one) and every result, and write the scores."""
     truth_path = args.raw / TRUTH_FILE
+    recall = evaluate.recall_by_effect(evaluate.empty_de(), evaluate.NO_TRUTH, alpha=params.alpha)
     if not truth_path.is_file():
         scores = evaluate.empty_scores()
     else:
@@ -38,11 +42,13 @@ def body(args, params: EvaluateParams) -> None:
         predict_metrics = io.read_json(args.predict)
         if not isinstance(predict_metrics, dict):
             raise InputError(f"{args.predict}: expected a JSON object of cell types")
+        de_results = io.read_parquet(
+            args.de, ("cell_type", "gene_id", "log2FoldChange", "padj", "log2fc_per_decade")
+        )
+        recall = evaluate.recall_by_effect(de_results, truth, alpha=params.alpha)
         scores = evaluate.evaluate(
             truth,
-            de_results=io.read_parquet(
-                args.de, ("cell_type", "gene_id", "log2FoldChange", "padj")
-            ),
+            de_results=de_results,
             gsea_results=io.read_parquet(args.gsea, ("cell_type", "term", "nes", "fdr")),
             ora_results=io.read_parquet(args.ora, ("cell_type", "direction", "term", "padj")),
             predict_metrics=predict_metrics,
@@ -52,6 +58,7 @@ def body(args, params: EvaluateParams) -> None:
         )
     with io.Outputs() as out:
         io.write_json(scores, out.file(args.metrics))
+        recall.to_csv(out.dir(args.plots) / "recall_by_effect.csv", index=False)
 
 
 main = stage.main_for(NAME, __doc__, PATHS, body)

@@ -42,13 +42,24 @@ def body(args, params: FilterParams) -> None:
         cutoff_percentile=params.cutoff_percentile,
         min_cells_per_celltype=params.min_cells_per_celltype,
         percent_donors=params.percent_donors,
+        prevalence=params.prevalence,
+    )
+    ages_removed, warnings = filtering.rule_ages(
+        obs, selection, min_cells_per_celltype=params.min_cells_per_celltype
     )
     matrix, genes = counts.read_counts(args.input, location, selection.keep)
     filtered = filtering.assemble_filtered(
         matrix, obs.loc[selection.keep], var.loc[genes], extra_obs=params.keep_obs
     )
     filtered.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input])
-    metrics = filtering.summary(selection, obs=obs, n_genes_in=len(var), filtered=filtered)
+    metrics = filtering.summary(
+        selection,
+        obs=obs,
+        n_genes_in=len(var),
+        filtered=filtered,
+        ages_removed=ages_removed,
+        warnings=warnings,
+    )
     table = filtering.donor_table(selection, filtered)
 
     with io.Outputs() as out:

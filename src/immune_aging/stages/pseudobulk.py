@@ -5,7 +5,8 @@ table ``cells.parquet``, streams the kept cells' raw counts in blocks
 (:func:`immune_aging.counts.kept_blocks`) and adds up their sums per (cell type,
 donor), so memory stays about one block plus the result. Samples with too few
 cells, then cell types with too few samples, are dropped; donor metadata (sex,
-development stage and the age read from it) is carried onto every sample.
+development stage, the age read from it under the censored-age rule, and the
+10x pool when ``pool_key`` names a column) is carried onto every sample.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def body(args, params: PseudobulkParams) -> None:
         stage.require(backed, args.filtered, notna=["donor_id", "cell_type"])
         keep = counts.read_keep(args.cells, backed.obs_names, args.filtered)
         ages = [c for c in ("development_stage", "age") if c in backed.obs.columns]
-        obs = backed.obs[[*pseudobulk.CELL_COLUMNS, *ages]].copy()
+        pool = [params.pool_key] if params.pool_key in backed.obs.columns else []
+        obs = backed.obs[[*pseudobulk.CELL_COLUMNS, *ages, *pool]].copy()
         var = backed.var[["feature_name"]].copy()
     finally:
         backed.file.close()
@@ -50,6 +52,10 @@ def body(args, params: PseudobulkParams) -> None:
     donors = age.donor_table(
         obs[keep], age_80_and_over=params.age_80_and_over, source=str(args.filtered)
     )
+    donors = pseudobulk.censor_rule(donors, params.censored_age)
+    pools, n_split = pseudobulk.donor_pools(obs[keep], params.pool_key)
+    if pools is not None:
+        donors["pool"] = pools.reindex(donors.index).to_numpy()
     parts = [
         pseudobulk.sum_counts(ad.AnnData(X=b.counts, obs=obs.iloc[b.rows], var=var))
         for b in counts.kept_blocks(args.filtered, "X", keep)
@@ -69,7 +75,10 @@ def body(args, params: PseudobulkParams) -> None:
     pb.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.filtered, args.cells])
     with io.Outputs() as out:
         io.write_h5ad(pb, out.file(args.out))
-        io.write_json(pseudobulk.summary(pb, report, donors), out.file(args.metrics))
+        metrics = pseudobulk.summary(
+            pb, report, donors, censored_age=params.censored_age, donors_split_pools=n_split
+        )
+        io.write_json(metrics, out.file(args.metrics))
         plots = out.dir(args.plots)
         report.rename_axis("cell_type").to_csv(plots / "samples_per_cell_type.csv")
         donors.to_csv(plots / "donors.csv")

@@ -41,7 +41,22 @@ cells are chunked when writing, nor on the number of threads.
 
 The planted effect sizes and the biological noise were tuned with the pipeline's
 pseudobulk DESeq2 on the default size (48 donors): most planted (cell type,
-gene) pairs are found, not all (see :data:`EFFECT_RANGE`).
+gene) pairs are found, not all (see :data:`EFFECT_RANGE`). That makes the
+``default`` preset a smoke test, not evidence about power or calibration: its
+effects are 0.2-0.4 log2 per decade, the same in every aged cell type, and
+nothing else varies with age.
+
+Presets
+-------
+``preset="realistic"`` (:mod:`immune_aging.synthetic.realistic`) draws OneK1K-like
+effects instead: small, heavy-tailed, per (cell type, gene); pools of ~14 donors
+with batch effects; composition changing with age; co-varying gene programs;
+gene sets mixing planted and unplanted genes, with decoys; homotypic doublets and
+intermediate states. ``age_effect_scale`` multiplies every age effect on
+expression; 0 gives the null twin of a design (the same data without any change
+of expression with age; the realistic composition still changes with age). The
+default preset with ``age_effect_scale=1`` draws exactly what it drew before
+presets existed.
 
 Modules
 -------
@@ -57,6 +72,8 @@ Modules
     :func:`write_simulation` (the data stage's folder).
 ``truth``
     :func:`truth` (``truth.json``) and :func:`gene_set_library` (GMT).
+``realistic``
+    The realistic preset's effects, programs, pools, gene sets and ages.
 """
 
 from immune_aging.synthetic.catalogue import (

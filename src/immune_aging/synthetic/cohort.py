@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from immune_aging.synthetic.catalogue import LIBRARY_SDLOG, MEDIAN_LIBRARY, CellType
+from immune_aging.synthetic.catalogue import (
+    LIBRARY_SDLOG,
+    MEDIAN_LIBRARY,
+    REFERENCE_AGE,
+    CellType,
+)
 
 #: Cells per donor vary log-normally with this spread (natural log).
 _DONOR_SIZE_SDLOG = 0.3
@@ -16,7 +22,14 @@ _DONOR_SIZE_SDLOG = 0.3
 _COMPOSITION_CONCENTRATION = 300.0
 
 
-def donor_table(n_donors: int, cells_per_donor: int, rng: np.random.Generator) -> pd.DataFrame:
+def donor_table(
+    n_donors: int,
+    cells_per_donor: int,
+    rng: np.random.Generator,
+    *,
+    donors_per_pool: int = 8,
+    age_sampler: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+) -> pd.DataFrame:
     """Draw the donors: ages, sexes, stage strings, pools and sizes.
 
     Parameters
@@ -27,6 +40,11 @@ def donor_table(n_donors: int, cells_per_donor: int, rng: np.random.Generator) -
         Mean droplets per donor.
     rng
         The design's random stream.
+    donors_per_pool
+        Donors multiplexed per 10x pool (pools hold this many, give or take one).
+    age_sampler
+        Draws ``n`` integer ages (years, as floats) from ``rng``; ``None``: uniform
+        20-90 years.
 
     Returns
     -------
@@ -37,7 +55,10 @@ def donor_table(n_donors: int, cells_per_donor: int, rng: np.random.Generator) -
     """
     width = max(3, len(str(n_donors)))
     ids = [f"D{i + 1:0{width}d}" for i in range(n_donors)]
-    age = rng.integers(20, 91, size=n_donors).astype(float)
+    if age_sampler is None:
+        age = rng.integers(20, 91, size=n_donors).astype(float)
+    else:
+        age = np.asarray(age_sampler(rng, n_donors), dtype=float)
     sex = np.where(rng.random(n_donors) < 0.5, "female", "male").astype(object)
     if len(set(sex)) == 1:
         sex[-1] = "male" if sex[0] == "female" else "female"
@@ -61,7 +82,7 @@ def donor_table(n_donors: int, cells_per_donor: int, rng: np.random.Generator) -
             stage.append(f"{int(age[i])}-year-old stage")
         else:
             stage.append(f"{int(age[i])}-year-old human stage")
-    n_pools = max(1, math.ceil(n_donors / 8))
+    n_pools = max(1, math.ceil(n_donors / donors_per_pool))
     pool_of = np.empty(n_donors, dtype=int)
     for p, members in enumerate(np.array_split(rng.permutation(n_donors), n_pools)):
         pool_of[members] = p
@@ -86,6 +107,23 @@ def donor_table(n_donors: int, cells_per_donor: int, rng: np.random.Generator) -
     return donors
 
 
+def _blend_bodies(
+    label: np.ndarray,
+    blends: Sequence[tuple[int, int, float]],
+    rate: float,
+    n_types: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Turn a share ``rate`` of the cells of blended types into intermediate bodies."""
+    body = label.copy()
+    for t in sorted({b[0] for b in blends}):
+        options = [n_types + i for i, b in enumerate(blends) if b[0] == t]
+        cells = np.flatnonzero(label == t)
+        chosen = cells[rng.random(len(cells)) < rate]
+        body[chosen] = rng.choice(options, size=len(chosen))
+    return body
+
+
 def _barcodes(n: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``n`` unique 16-nt 10x-style barcodes."""
     draws = rng.integers(0, 4**16, size=n + n // 100 + 16, dtype=np.int64)
@@ -104,6 +142,11 @@ def cell_plan(
     doublet_rate: float,
     dying_rate: float,
     rbc_rate: float,
+    concentration: float = _COMPOSITION_CONCENTRATION,
+    composition_trend: np.ndarray | None = None,
+    homotypic_doublets: bool = False,
+    blends: Sequence[tuple[int, int, float]] = (),
+    blend_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Plan the cells: types, library sizes, doublets, dying and RBC cells, obs.
 
@@ -117,6 +160,21 @@ def cell_plan(
         The design's random stream.
     doublet_rate, dying_rate, rbc_rate
         See :func:`~immune_aging.synthetic.design_simulation`.
+    concentration
+        Of the per-donor Dirichlet composition around the mean shares (higher:
+        less variation between donors).
+    composition_trend
+        Change of each type's log share per decade of age, from the reference age
+        (:data:`~immune_aging.synthetic.catalogue.REFERENCE_AGE`); ``None``: none.
+    homotypic_doublets
+        Whether a doublet's partner may be of its own type (drawn from the donor's
+        composition); ``False`` redraws such partners (heterotypic doublets only).
+    blends
+        Intermediate states: ``(label type, other type, weight on the label type)``.
+        Cell body ``len(types) + i`` has the mixed profile of blend ``i`` and is
+        annotated as its label type.
+    blend_rate
+        Share of the cells of a type named in ``blends`` that are intermediate.
 
     Returns
     -------
@@ -133,14 +191,18 @@ def cell_plan(
     for d, row in enumerate(donors.itertuples(index=False)):
         n = int(row.n_cells)
         first = int(row.first_row)
-        share = rng.dirichlet(_COMPOSITION_CONCENTRATION * freq)
+        mean_share = freq
+        if composition_trend is not None:
+            mean_share = freq * np.exp(composition_trend * (row.age - REFERENCE_AGE) / 10.0)
+            mean_share = mean_share / mean_share.sum()
+        share = rng.dirichlet(concentration * mean_share)
         n_dbl = int(rng.binomial(n, doublet_rate)) if n_types > 1 else 0
         t1 = rng.choice(n_types, size=n, p=share)
         t2 = np.full(n, -1)
         doublet = np.zeros(n, dtype=bool)
         doublet[rng.choice(n, size=n_dbl, replace=False)] = True
         partner = rng.choice(n_types, size=n_dbl, p=share)
-        for _ in range(100):  # heterotypic: redraw partners of the same type
+        for _ in range(0 if homotypic_doublets else 100):  # heterotypic: redraw partners
             same = partner == t1[doublet]
             if not same.any():
                 break
@@ -163,8 +225,9 @@ def cell_plan(
         state[rbc] = 2
         extra[rbc] = rng.uniform(0.08, 0.35, n_rbc)
         rows = first + np.arange(n)
+        body1 = _blend_bodies(t1, blends, blend_rate, n_types, rng) if blends else t1
         comp_cell += [rows, rows[doublet]]
-        comp_type += [t1, t2[doublet]]
+        comp_type += [body1, t2[doublet]]
         comp_lib += [lib1, lib2[doublet]]
         cell_donor.append(np.full(n, d))
         cell_state.append(state)

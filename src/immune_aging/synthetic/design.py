@@ -15,6 +15,9 @@ from immune_aging.synthetic.expression import gene_table, plant_effects, profile
 
 log = logging.getLogger(__name__)
 
+#: The simulation presets (``data.synthetic.preset``).
+PRESETS = ("default", "realistic")
+
 
 @dataclass
 class Design:
@@ -61,6 +64,30 @@ class Design:
         Planted sets: name -> ``{"direction", "cell_types", "genes"}`` (symbols).
     decoy_sets
         Sets without effect: name -> symbols.
+    preset
+        ``default`` or ``realistic`` (:mod:`immune_aging.synthetic.realistic`); the
+        attributes below are set by the realistic preset only.
+    age_effect_scale
+        Factor applied to every planted age effect on expression (0: the null twin).
+    shared_sigma
+        Donor-level noise shared by all cell types of a donor, per gene (natural log).
+    pool_effect
+        Batch effect per (pool, gene) on log expression; pools in sorted order.
+    program_loading, program_active
+        Gene programs: loading of each gene on each program's donor-level factor
+        (programs x genes, natural log per SD), and the cell types where a program
+        acts (cell types x programs).
+    blends
+        Intermediate states: ``(label type, other type, weight on the label type)``;
+        cell-body type ``len(cell_types) + i`` is blend ``i``.
+    composition_trend
+        Change of each cell type's log share per decade of age.
+    null_types
+        Cell types without any age effect.
+    decoy_kinds
+        Kind of each decoy set (``random``: drawn from expressed genes, overlapping
+        planted ones at their background rate; ``program``: a gene program without
+        age effect, whose genes co-vary; ``unplanted``: a planted set of a null twin).
     """
 
     seed: int
@@ -81,6 +108,16 @@ class Design:
     comp_library: np.ndarray
     gene_sets: dict[str, dict[str, Any]]
     decoy_sets: dict[str, list[str]]
+    preset: str = "default"
+    age_effect_scale: float = 1.0
+    shared_sigma: np.ndarray | None = None
+    pool_effect: np.ndarray | None = None
+    program_loading: np.ndarray | None = None
+    program_active: np.ndarray | None = None
+    blends: tuple[tuple[int, int, float], ...] = ()
+    composition_trend: np.ndarray | None = None
+    null_types: tuple[int, ...] = ()
+    decoy_kinds: dict[str, str] | None = None
 
     @property
     def n_cells(self) -> int:
@@ -108,6 +145,8 @@ def design_simulation(
     doublet_rate: float,
     dying_rate: float,
     rbc_rate: float,
+    preset: str = "default",
+    age_effect_scale: float = 1.0,
 ) -> Design:
     """Decide genes, donors, cells and planted effects of a simulation.
 
@@ -129,6 +168,13 @@ def design_simulation(
         Fraction of singlets that are dying cells.
     rbc_rate
         Fraction of singlets contaminated with red-blood-cell RNA.
+    preset
+        ``default`` (a smoke test: large effects, the same in every aged cell type)
+        or ``realistic`` (:mod:`immune_aging.synthetic.realistic`).
+    age_effect_scale
+        Factor applied to every planted age effect on expression; 0 gives the
+        null twin of a design, whose planted gene sets become decoys (the
+        realistic preset's composition still changes with age).
 
     Returns
     -------
@@ -139,29 +185,56 @@ def design_simulation(
         raise ValueError(f"n_cell_types must be 1..{len(CELL_TYPES)}, got {n_cell_types}")
     if n_donors < 2 or n_genes < 500 or cells_per_donor < 1:
         raise ValueError("need n_donors >= 2, n_genes >= 500 and cells_per_donor >= 1")
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    if not age_effect_scale >= 0:
+        raise ValueError(f"age_effect_scale must be >= 0, got {age_effect_scale}")
     rng = np.random.default_rng([seed, 1])
     types = CELL_TYPES[:n_cell_types]
-    var, category = gene_table(n_genes, rng)
-    profile, theta = profiles(var, category, types, rng)
-    sigma = np.clip(BIO_NOISE * np.exp(rng.normal(0.0, 0.35, n_genes)), 0.08, 0.8)
-    gene_sets, decoy_sets, beta = plant_effects(var, category, profile, types, rng)
-    donors = donor_table(n_donors, cells_per_donor, rng)
-    cells = cell_plan(
-        donors, types, rng, doublet_rate=doublet_rate, dying_rate=dying_rate, rbc_rate=rbc_rate
-    )
+    rates = {"doublet_rate": doublet_rate, "dying_rate": dying_rate, "rbc_rate": rbc_rate}
+    if preset == "realistic":
+        from immune_aging.synthetic.realistic import realistic_design
+
+        fields = realistic_design(
+            types,
+            rng,
+            n_donors=n_donors,
+            cells_per_donor=cells_per_donor,
+            n_genes=n_genes,
+            age_effect_scale=age_effect_scale,
+            **rates,
+        )
+    else:
+        var, category = gene_table(n_genes, rng)
+        profile, theta = profiles(var, category, types, rng)
+        sigma = np.clip(BIO_NOISE * np.exp(rng.normal(0.0, 0.35, n_genes)), 0.08, 0.8)
+        gene_sets, decoy_sets, beta = plant_effects(var, category, profile, types, rng)
+        donors = donor_table(n_donors, cells_per_donor, rng)
+        cells = cell_plan(donors, types, rng, **rates)
+        fields = dict(
+            var=var,
+            category=category,
+            profile=profile,
+            theta=theta,
+            sigma=sigma,
+            beta=beta * age_effect_scale,
+            donors=donors,
+            gene_sets=gene_sets,
+            decoy_sets=decoy_sets,
+            **cells,
+        )
+    if age_effect_scale == 0:  # the null twin: nothing is planted
+        unplanted = {name: list(info["genes"]) for name, info in fields["gene_sets"].items()}
+        kinds = fields.get("decoy_kinds") or dict.fromkeys(fields["decoy_sets"], "random")
+        fields["decoy_kinds"] = {**dict.fromkeys(unplanted, "unplanted"), **kinds}
+        fields["decoy_sets"] = {**unplanted, **fields["decoy_sets"]}
+        fields["gene_sets"] = {}
     design = Design(
         seed=seed,
         cell_types=types,
-        var=var,
-        category=category,
-        profile=profile,
-        theta=theta,
-        sigma=sigma,
-        beta=beta,
-        donors=donors,
-        gene_sets=gene_sets,
-        decoy_sets=decoy_sets,
-        **cells,
+        preset=preset,
+        age_effect_scale=float(age_effect_scale),
+        **fields,
     )
     log.info(
         "simulation design: %d donors, %d cells, %d genes, %d cell types",

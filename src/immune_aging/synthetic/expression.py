@@ -98,7 +98,12 @@ def gene_table(n_genes: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np
 
 
 def profiles(
-    var: pd.DataFrame, category: np.ndarray, types: tuple[CellType, ...], rng: np.random.Generator
+    var: pd.DataFrame,
+    category: np.ndarray,
+    types: tuple[CellType, ...],
+    rng: np.random.Generator,
+    *,
+    background: float = _BACKGROUND,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the cell-type expression profiles and the genes' inverse dispersions.
 
@@ -110,6 +115,8 @@ def profiles(
         The simulated cell types.
     rng
         The design's random stream.
+    background
+        Share of the library of a marker gene in the cell types that do not express it.
 
     Returns
     -------
@@ -175,7 +182,7 @@ def profiles(
     for s, where in MARKERS.items():
         i = pos[s]
         for t, ct in enumerate(types):
-            prof[t, i] = where.get(ct.key, where.get(ct.lineage, _BACKGROUND))
+            prof[t, i] = where.get(ct.key, where.get(ct.lineage, background))
         theta[i] = max(theta[i], 2.0)
     # generic genes: log-normal abundance with lineage and cell-type programs
     gen = idx("generic")

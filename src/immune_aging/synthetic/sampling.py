@@ -40,10 +40,13 @@ def donor_profiles(
     Returns
     -------
     numpy.ndarray
-        Array of shape (cell types, genes).
+        Array of shape (cell types, genes); under the realistic preset, one row more
+        per intermediate state (:attr:`Design.blends`).
     """
     if rng is None:
         rng = _donor_rng(design, donor)
+    if design.preset == "realistic":
+        return _realistic_profiles(design, donor, rng)
     row = design.donors.iloc[donor]
     z = rng.standard_normal(design.profile.shape)
     noise = np.exp(design.sigma * z - design.sigma**2 / 2)
@@ -53,6 +56,36 @@ def donor_profiles(
     for s, (sex, _) in SEX_GENES.items():
         if sex != row["sex"]:
             pi[:, symbols == s] = 0.0
+    return pi
+
+
+def _realistic_profiles(design: Design, donor: int, rng: np.random.Generator) -> np.ndarray:
+    """One donor's profiles under the realistic preset (rows: cell types, then blends).
+
+    Log expression adds the donor noise per cell type and shared by its types,
+    the donor's gene-program factors, its pool's batch effect and the age effect;
+    each noise term has mean 1 on the linear scale. A blend's row mixes the
+    donor's profiles of its two types.
+    """
+    row = design.donors.iloc[donor]
+    sigma, shared = design.sigma, design.shared_sigma
+    loading, active = design.program_loading, design.program_active
+    z = rng.standard_normal(design.profile.shape)
+    u = rng.standard_normal(design.n_genes)
+    f = rng.standard_normal(loading.shape[0])
+    log_pi = sigma * z - sigma**2 / 2 + shared * u - shared**2 / 2
+    log_pi += active.astype(float) @ (f[:, None] * loading - loading**2 / 2)
+    pools = sorted(set(design.donors["pool"]))
+    log_pi += design.pool_effect[pools.index(row["pool"])]
+    log_pi += np.log(2.0) * design.beta * (float(row["age"]) - REFERENCE_AGE) / 10.0
+    pi = design.profile * np.exp(log_pi)
+    symbols = design.var["feature_name"].astype(str).to_numpy()
+    for s, (sex, _) in SEX_GENES.items():
+        if sex != row["sex"]:
+            pi[:, symbols == s] = 0.0
+    if design.blends:
+        mixed = [w * pi[a] + (1.0 - w) * pi[b] for a, b, w in design.blends]
+        pi = np.vstack([pi, *mixed])
     return pi
 
 

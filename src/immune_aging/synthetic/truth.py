@@ -22,14 +22,24 @@ def truth(design: Design) -> dict[str, Any]:
     dict
         ``seed, n_cells, n_donors, donors, cell_types, aged_cell_types,
         age_genes, log2fc_per_decade, gene_sets, decoy_sets, doublets,
-        dying_cells, rbc_contaminated``.
+        dying_cells, rbc_contaminated``; for the realistic preset and for null
+        twins (``age_effect_scale`` 0) also ``preset, age_effect_scale,
+        log2fc_per_decade_by_cell_type, null_cell_types, composition_trend,
+        decoy_kinds, pools``, and ``aged_cell_types`` lists the types with any
+        effect.
     """
     ids = design.var.index.to_numpy()
     labels = [ct.label for ct in design.cell_types]
-    aged = [ct.label for ct in design.cell_types if ct.aged]
+    extended = design.preset != "default" or design.age_effect_scale != 1.0
+    has_effect = np.any(design.beta != 0, axis=1)
+    if extended:  # aged: any effect at all
+        flags = [bool(x) for x in has_effect]
+    else:
+        flags = [ct.aged for ct in design.cell_types]
+    aged = [ct.label for ct, flag in zip(design.cell_types, flags, strict=True) if flag]
     age_genes = {}
     for t, ct in enumerate(design.cell_types):
-        if ct.aged:
+        if flags[t]:
             age_genes[ct.label] = {
                 "up": [str(g) for g in ids[design.beta[t] > 0]],
                 "down": [str(g) for g in ids[design.beta[t] < 0]],
@@ -48,7 +58,7 @@ def truth(design: Design) -> dict[str, Any]:
         }
         for r in design.donors.itertuples(index=False)
     }
-    return {
+    out = {
         "seed": design.seed,
         "n_cells": design.n_cells,
         "n_donors": len(design.donors),
@@ -62,6 +72,37 @@ def truth(design: Design) -> dict[str, Any]:
         "doublets": [str(c) for c in cells[design.cell_state == 3]],
         "dying_cells": [str(c) for c in cells[design.cell_state == 1]],
         "rbc_contaminated": [str(c) for c in cells[design.cell_state == 2]],
+    }
+    if extended:
+        out |= _extended_truth(design, labels, has_effect)
+    return out
+
+
+def _extended_truth(design: Design, labels: list[str], has_effect: np.ndarray) -> dict[str, Any]:
+    """Truth keys of the realistic preset and of null twins.
+
+    ``log2fc_per_decade_by_cell_type`` holds every effect (``log2fc_per_decade``
+    keeps one per gene, the first cell type's); ``null_cell_types`` the types
+    without any effect; the donors gain their pool.
+    """
+    ids = design.var.index.to_numpy()
+    by_type = {}
+    for t, label in enumerate(labels):
+        nz = np.flatnonzero(design.beta[t])
+        by_type[label] = {str(ids[g]): round(float(design.beta[t, g]), 6) for g in nz}
+    trend = design.composition_trend
+    pools = dict(zip(design.donors["donor_id"], design.donors["pool"], strict=True))
+    return {
+        "preset": design.preset,
+        "age_effect_scale": design.age_effect_scale,
+        "log2fc_per_decade_by_cell_type": by_type,
+        "null_cell_types": [label for label, e in zip(labels, has_effect, strict=True) if not e],
+        "composition_trend": {
+            label: (0.0 if trend is None else round(float(trend[t]), 6))
+            for t, label in enumerate(labels)
+        },
+        "decoy_kinds": dict(design.decoy_kinds or dict.fromkeys(design.decoy_sets, "random")),
+        "pools": {str(d): str(p) for d, p in pools.items()},
     }
 
 
