@@ -31,6 +31,7 @@ HARNESS = {
     "immune_aging.executor",
     "immune_aging.runlog",
     "immune_aging.guard",
+    "immune_aging.h5walk",
     "immune_aging.determinism",
     "immune_aging.analysis",
     "immune_aging.stages",
