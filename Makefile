@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # dvc.yaml runs `python -m immune_aging.stages.<stage>`: the venv's python must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser repro test lint format bench science summary lock clean-venv
+.PHONY: setup browser repro test lint format bench bench-scale science summary lock clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ summary: setup
 bench: setup
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/simulate_onek1k.py
+
+# The whole pipeline at OneK1K's shape (SCALE=1.0: 981 donors, ~1.25 M cells) or a
+# fraction of it, in a scratch project: bench/results/scale-*.json and scale.md.
+# SCALE="0.04 0.2 1.0" runs the ladder (~50 k, ~250 k, ~1.25 M cells) with growth exponents.
+SCALE ?= 1.0
+bench-scale: setup
+	$(BIN)/python bench/scale.py $(if $(word 2,$(SCALE)),--ladder $(SCALE),--scale $(SCALE))
 
 # Power and calibration on the realistic simulation preset (about two hours on two
 # cores): bench/results/science.{json,md,png}. Runs are kept in bench/scratch/science/.

@@ -257,6 +257,59 @@ def exponents(records: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def markdown(results: Path) -> str:
+    """Tables of every ``scale-*.json`` record in ``results`` (and the ladder, if run)."""
+    lines = [
+        "# Scale bench results",
+        "",
+        f"Written by `python bench/scale.py` from `{results.name}/scale-*.json`.",
+        "",
+    ]
+    records = sorted(
+        (json.loads(f.read_text()) for f in results.glob("scale-*x*.json")),
+        key=lambda r: r["cells"],
+    )
+    for r in records:
+        m = r["machine"]
+        lines += [
+            f"## {r['cells']:,} cells ({shape_tag(r['shape'])}, "
+            f"{r['shape']['n_cell_types']} cell types)"
+            + (f", until `{r['until']}`" if r.get("until") else ""),
+            "",
+            f"{m['platform']}, Python {m['python']}, {m['cores']} cores, {m['memory']}; "
+            f"threads {r['threads']}; load average before/after (1, 5, 15 min): "
+            f"{r['load_average_before_after']}. `dvc repro` {r['repro_wall_s']} s wall; "
+            f"no-op `dvc repro` {r['noop_repro_s']} s; peak {r['peak_mb']:,.0f} MiB; "
+            "checkpoints excluding the raw input "
+            f"{r['checkpoint_bytes_excluding_raw'] / 1e6:,.0f} MB; "
+            f"input {r['input_bytes'] / 1e6:,.0f} MB.",
+            "",
+            "| stage | wall s | CPU s | peak MiB | output MB |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, st in r["stages"].items():
+            cpu = "" if st.get("cpu_s") is None else f"{st['cpu_s']:,.1f}"
+            lines.append(
+                f"| {name} | {st['wall_s']:,.1f} | {cpu} | {st['peak_mb']:,.0f} | "
+                f"{st['output_bytes'] / 1e6:,.1f} |"
+            )
+        lines.append("")
+    ladder = results / "scale-ladder.json"
+    if ladder.is_file():
+        data = json.loads(ladder.read_text())
+        lines += [
+            "## Growth exponents (slope of log wall s on log cells)",
+            "",
+            f"Cells: {', '.join(f'{c:,}' for c in data['cells'])}.",
+            "",
+            "| stage | exponent |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| {k} | {v} |" for k, v in data["exponents"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -303,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         (args.results / "scale-ladder.json").write_text(json.dumps(ladder, indent=2) + "\n")
         print(json.dumps(ladder["exponents"], indent=2))
+    (args.results / "scale.md").write_text(markdown(args.results))
     return 0
 
 

@@ -491,6 +491,39 @@ def test_ages_of_removed_donors_when_recorded():
     assert "(value not recorded) (filter.cutoff_percentile)" in out  # no params given
 
 
+def test_the_filters_age_comparison_and_warnings_are_shown():
+    """metrics/filter.json's ``ages_removed`` per rule and its warnings reach the table."""
+    compare = {"donors": 1, "mean_age": 24.0, "mean_age_rest": 55.8, "p_value": None}
+    metrics = {
+        "filter": {
+            "donor_cutoff": {"donors_removed": 1, "donors": ["D13"]},
+            "cell_type_prevalence": {"cell_types_removed": 1, "cell_types": ["pDC"]},
+            "donor_completeness": {"donors_removed": 0, "donors": []},
+            "ages_removed": {
+                "donor_cutoff": compare,
+                "cell_type_prevalence": {
+                    "pDC": {
+                        "donors": 46,
+                        "mean_age": 55.48,
+                        "mean_age_rest": 70.0,
+                        "p_value": 0.003,
+                        "share_age_spearman": -0.41,
+                    }
+                },
+            },
+            "warnings": ["rule 2 removed cell type 'pDC': ... removed it by age"],
+        }
+    }
+    inputs = collect.ReportInputs(metrics=metrics)
+    items = removed.removals(inputs)
+    assert items[0].age_note == "mean age 24 (others 55.8)"
+    assert items[1].age_note.startswith("pDC: 46 donors below the minimum, mean age 55.48 (")
+    assert "Mann-Whitney p 0.003" in items[1].age_note and "Spearman -0.41" in items[1].age_note
+    out = removed.render_removals(items, removed.warnings(inputs))
+    assert out.index('<p class="warning">filter: rule 2 removed') < out.index("<table")
+    assert f"<td>{removed.NOT_RECORDED}</td>" not in out  # every rule has its ages
+
+
 def test_without_truth_there_is_no_validation_section(tmp_path, monkeypatch):
     monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", str(tmp_path / "logs"))
     root = make_results(tmp_path / "results", truth=False)["root"]
