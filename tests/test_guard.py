@@ -36,7 +36,7 @@ DATA_ARGS = (
     "--metrics metrics/data.json"
 ).split()
 FILTER_ARGS = (
-    f"--input {RAW} --out data/filter/filtered.h5ad --metrics metrics/filter.json "
+    f"--input {RAW} --out data/filter/selection.h5ad --metrics metrics/filter.json "
     "--plots plots/filter"
 ).split()
 FILTER = {"cutoff_percentile": 1.0, "min_cells_per_celltype": 2, "percent_donors": 0.5}
