@@ -53,11 +53,20 @@ CODECS: dict[str, dict[str, Any]] = {
 CHOICE = """
 ## Choice
 
-`immune_aging.io.H5AD_COMPRESSION` stays **zstd level 3** (through hdf5plugin): files as
-small as gzip-4's or smaller, several times faster to write than gzip-4 and faster to read;
-zstd-9 saves about another 10 % but writes about 5x slower, and lzf is both bigger and
-slower here. Uncompressed files write and read fastest when they fit the page cache, at
-3.7x the size. Every reader must `import hdf5plugin` first (`immune_aging.io` does).
+Two settings in `immune_aging.io`:
+
+- `OUTPUT_COMPRESSION`, the h5ad files the stages write (`selection.h5ad`, `pca.h5ad`,
+  `embedding.h5ad`, `pseudobulk.h5ad`): **gzip level 4**. gzip is built into every HDF5
+  reader, so the files open in a plain `anndata.read_h5ad` without hdf5plugin; on these
+  files (bench/results/compression-outputs.md) gzip-4 is within 5 % of zstd-3's size
+  and takes a few seconds longer to write (2.5-4x zstd-3's time) and 1.4x as long to read.
+- `H5AD_COMPRESSION`, the simulated input's count matrix: **zstd level 3** (through
+  hdf5plugin): as small as gzip-4 or smaller and 3-4x faster to write (the tables
+  above), which counts at OneK1K's size; reading it needs `import hdf5plugin`
+  (`immune_aging.io` does). zstd-9 saves about another 10 % but writes about 5x slower,
+  and lzf is both bigger and slower here. Uncompressed files write and read fastest when
+  they fit the page cache, at 3.7x the size.
+
 anndata writes sparse arrays in small HDF5 chunks (about 20 k values); 256 k-value chunks
 gave files about 10 % smaller at the same speed in a side test, but `write_h5ad` does not
 expose the chunk size.

@@ -102,7 +102,7 @@ def normalised(x: sp.csr_matrix) -> sp.csr_matrix:
 def make_inputs(folder: Path) -> Inputs:
     """Write the valid inputs into ``folder`` and return their bytes.
 
-    ``counts-x`` is written by the pipeline's writer (zstd); ``cellxgene-raw``
+    ``counts-x`` is written by the pipeline's writer (gzip); ``cellxgene-raw``
     (normalised ``X``, raw counts in ``raw.X``, ``uns`` strings) by anndata's
     defaults, uncompressed, as CELLxGENE's files are.
     """
