@@ -6,6 +6,11 @@
 - :func:`read_counts` assembles them into one CSR matrix whose arrays are
   allocated at their final size from the file's ``indptr``, so peak memory is the
   result plus one block (anndata's backed subsetting needs 2-3 times the result);
+  both can keep a subset of the genes;
+- :func:`expressed_genes` finds the genes with any count in the kept cells;
+- :func:`read_selection` reads the ``filter`` stage's selection (the kept cells'
+  rows and genes' columns in the input), checks it against the input, and reads
+  the input's counts through it (:class:`Selection`);
 - :func:`read_keep` and :func:`read_cells` read the per-cell table of the ``qc``
   stage (``cells.parquet``) aligned with the cells of a count matrix;
 - :func:`gene_table` returns the gene annotations matching the counts' columns.
@@ -273,8 +278,9 @@ class Block:
 def _take_columns(block: sparse.csr_matrix, genes: np.ndarray) -> sparse.csr_matrix:
     """Keep the columns ``genes`` (boolean mask) of a CSR block, renumbered in order."""
     chosen = genes[block.indices]
-    before = np.zeros(block.nnz + 1, dtype=np.int64)
-    np.cumsum(chosen, out=before[1:])
+    wide = block.nnz >= np.iinfo(np.int32).max
+    before = np.zeros(block.nnz + 1, dtype=np.int64 if wide else np.int32)
+    np.cumsum(chosen, out=before[1:])  # entries kept before each stored entry
     new_column = (np.cumsum(genes) - 1).astype(block.indices.dtype)
     return sparse.csr_matrix(
         (block.data[chosen], new_column[block.indices[chosen]], before[block.indptr]),
