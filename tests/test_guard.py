@@ -36,7 +36,7 @@ DATA_ARGS = (
     "--metrics metrics/data.json"
 ).split()
 FILTER_ARGS = (
-    f"--input {RAW} --out data/filter/filtered.h5ad --metrics metrics/filter.json "
+    f"--input {RAW} --out data/filter/selection.h5ad --metrics metrics/filter.json "
     "--plots plots/filter"
 ).split()
 FILTER = {"cutoff_percentile": 1.0, "min_cells_per_celltype": 2, "percent_donors": 0.5}
@@ -353,7 +353,7 @@ def test_damaged_compressed_counts_fail_in_filter_with_one_line(project, capsys,
 
     target = next(c for c in chunks if unsampled(c))
     with open(project / RAW, "r+b") as fh:
-        fh.seek(target.byte_offset)  # the zstd frame's magic number
+        fh.seek(target.byte_offset)  # the start of the compressed chunk
         fh.write(b"\xff" * 8)
     stops_with(
         capsys,

@@ -185,7 +185,7 @@ def make_results(root: Path, *, truth: bool = True) -> dict[str, Path]:
         }
     )
     io.write_parquet(ora, root / "data" / "ora" / "results.parquet")
-    write_checkpoint(root / "data" / "filter" / "filtered.h5ad", "filter", params["filter"])
+    write_checkpoint(root / "data" / "filter" / "selection.h5ad", "filter", params["filter"])
     return {"root": root}
 
 
@@ -206,7 +206,7 @@ def argv(root: Path, out: Path) -> list[str]:
         str(root / "data" / "ora" / "results.parquet"),
         "--provenance",
         str(root / "data" / "raw" / "dataset.h5ad"),
-        str(root / "data" / "filter" / "filtered.h5ad"),
+        str(root / "data" / "filter" / "selection.h5ad"),
         "--out",
         str(out),
     ]
@@ -241,7 +241,7 @@ def test_sections_show_metrics_params_and_provenance(page):
     assert "cells_out" in filter_section and "950" in filter_section
     assert "filter.cutoff_percentile" in filter_section  # params table
     assert "drop donors below this percentile" in filter_section  # comment from params.yaml
-    assert "data/filter/filtered.h5ad" in filter_section
+    assert "data/filter/selection.h5ad" in filter_section
     assert "matches params.yaml" in filter_section
     assert "ab" * 32 in filter_section  # input hash
     assert "3 observations" in filter_section
@@ -784,7 +784,7 @@ def test_figure_not_png(results, tmp_path, capsys):
 
 
 def test_checkpoint_not_h5ad(results, tmp_path, capsys):
-    path = results / "data" / "filter" / "filtered.h5ad"
+    path = results / "data" / "filter" / "selection.h5ad"
     path.write_text("not hdf5")
     fails_with(results, tmp_path, capsys, f"{path}: not an h5ad file (no HDF5 signature)")
 
