@@ -42,13 +42,18 @@ from scipy.stats import norm
 #: Genes per block of the batched solvers: bounds their working memory to a few
 #: (samples x block) float64 arrays (1,000 samples: ~16 MB each).
 BLOCK_GENES = 2048
-#: Tolerance on log(dispersion) of the batched dispersion fit (PyDESeq2's L-BFGS-B
-#: stops within about 1e-4 of the optimum; the bracket is narrowed far below that).
-LOG_ALPHA_TOL = 1e-8
+#: Tolerance on log(dispersion) of the batched dispersion fit: a gene is settled when
+#: its latest or next step is shorter. PyDESeq2's L-BFGS-B stops on a relative change
+#: of the objective of 2.2e-9, typically 1e-4 to 1e-3 short of the optimum.
+LOG_ALPHA_TOL = 1e-6
 #: Gradient (in log(dispersion)) small enough to stop at: L-BFGS-B's ``pgtol``, as
 #: PyDESeq2 runs it. Near ``min_disp`` the objective is flat and its gradient is
 #: rounding noise of about this size.
 GRAD_TOL = 1e-5
+#: First step of the dispersion fit, downhill from PyDESeq2's starting value (log).
+PROBE = 1e-3
+#: Longest step of the dispersion fit before the minimum is bracketed (log).
+MAX_STEP = 3.0
 #: Iterations of the batched dispersion fit after which a gene is handed to PyDESeq2.
 MAX_ALPHA_ITER = 100
 
@@ -56,6 +61,11 @@ MAX_ALPHA_ITER = 100
 def _pair_products(x: np.ndarray) -> np.ndarray:
     """Return the samples x (p * p) products ``x[:, k] * x[:, l]`` of a design matrix."""
     return (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+
+
+def _linear(x: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Return ``x @ beta`` (samples x genes); einsum beats BLAS at a few coefficients."""
+    return np.einsum("np,pk->nk", x, beta)
 
 
 def _gram(w: np.ndarray, pairs: np.ndarray, p: int) -> np.ndarray:
@@ -110,6 +120,7 @@ class BatchedInference(DefaultInference):
         hat_out = np.empty((n, g_all))
         conv_out = np.ones(g_all, dtype=bool)
         sf = np.asarray(size_factors, dtype=np.float64)[:, None]
+        log_sf, log_min_mu = np.log(sf), np.log(min_mu)
         q, r = np.linalg.qr(x)
         pairs = _pair_products(x)
         ridge = np.eye(p) * 1e-6
@@ -120,36 +131,48 @@ class BatchedInference(DefaultInference):
             a = disp[cols]
             inv_a = 1.0 / a
             beta = np.linalg.solve(r, q.T @ np.log(y / sf + 0.1))  # p x genes
-            mu = np.maximum(sf * np.exp(x @ beta), min_mu)
             const = n * inv_a * np.log(a) - (
                 gammaln(y + inv_a) - gammaln(y + 1.0) - gammaln(inv_a)
             ).sum(axis=0)
-            dev = np.full(y.shape[1], 1000.0)
-            todo = np.arange(y.shape[1])
             fallback = []
+            # working arrays of the genes still iterating (pos: their columns)
+            pos = np.arange(y.shape[1])
+            yw, aw, iaw, cw, bw = y, a, inv_a, const, beta
+            dev = np.full(len(pos), 1000.0)
+            eta = _linear(x, bw) + log_sf
             it = 0
-            while len(todo):
+            while len(pos):
                 it += 1
-                yt, mt, at = y[:, todo], mu[:, todo], a[todo]
-                w = mt / (1.0 + mt * at)
-                z = np.log(mt / sf) + (yt - mt) / mt
+                mw = np.maximum(np.exp(eta), min_mu)
+                lmw = np.maximum(eta, log_min_mu)
+                den = mw * aw
+                den += 1.0
+                w = mw / den
+                wz = w * (lmw - log_sf - 1.0)
+                wz += yw / den  # w * z, z = log(mu / sf) + (y - mu) / mu
                 h = _gram(w, pairs, p) + ridge
-                bh = np.linalg.solve(h, ((w * z).T @ x)[:, :, None])[:, :, 0].T
-                bad = (np.abs(bh) > max_beta).any(axis=0) | (it >= maxiter)
-                fallback.extend(todo[bad])
-                todo, bh, yt = todo[~bad], bh[:, ~bad], yt[:, ~bad]
-                beta[:, todo] = bh
-                mt = np.maximum(sf * np.exp(x @ bh), min_mu)
-                mu[:, todo] = mt
-                ia = inv_a[todo]
-                nll = const[todo] + ((yt + ia) * np.log(ia + mt) - yt * np.log(mt)).sum(axis=0)
-                old, new = dev[todo], -2.0 * nll
-                dev[todo] = new
-                todo = todo[np.abs(new - old) / (np.abs(new) + 0.1) > beta_tol]
+                bh = np.linalg.solve(h, (x.T @ wz).T[:, :, None])[:, :, 0].T
+                ok = ~((np.abs(bh) > max_beta).any(axis=0) | (it >= maxiter))
+                fallback.extend(pos[~ok])
+                eta = _linear(x, bh) + log_sf
+                mw = np.maximum(np.exp(eta), min_mu)
+                lmw = np.maximum(eta, log_min_mu)
+                ll = np.log(iaw + mw)
+                ll *= yw + iaw
+                lmw *= yw
+                ll -= lmw
+                new = -2.0 * (cw + ll.sum(axis=0))
+                more = ok & (np.abs(new - dev) / (np.abs(new) + 0.1) > beta_tol)
+                beta[:, pos[ok]] = bh[:, ok]
+                if not more.all():
+                    pos, yw, aw, iaw, cw = pos[more], yw[:, more], aw[more], iaw[more], cw[more]
+                    eta, new = eta[:, more], new[more]
+                dev = new
+            mu = np.maximum(sf * np.exp(_linear(x, beta)), min_mu)
             w = mu / (1.0 + mu * a)
             hinv = np.linalg.inv(_gram(w, pairs, p) + ridge)
             hat = w * (pairs @ hinv.reshape(len(hinv), -1).T)
-            mu_raw = sf * np.exp(x @ beta)
+            mu_raw = sf * np.exp(_linear(x, beta))
             for j in fallback:
                 b, m, hj, ok = utils.irls_solver(
                     counts=y[:, j],
@@ -283,12 +306,15 @@ def _min_log_alpha(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise a 1-D objective per gene from its gradient, within ``[lo, hi]``.
 
-    From ``x0``, steps downhill (1, 2, 4, ... long) until the gradient changes
-    sign, or reaches a bound with the same sign (the bound is then the answer);
-    then secant steps on the gradient from the last two points, kept inside the
-    bracket (a bisection where a secant step would leave it or would not be shorter
-    than half the step before the last, Brent's rule), until a step is shorter than
-    :data:`LOG_ALPHA_TOL`.
+    Secant steps on the gradient (Newton's method with the slope of the last two
+    points), the first from a probe :data:`PROBE` downhill of ``x0``. Until the
+    gradient has changed sign, a step goes downhill and at most
+    :data:`MAX_STEP` long (a bound where the gradient keeps pushing outwards is the
+    answer); once it has, steps stay inside the bracket, and a bisection replaces
+    a step that would leave it or would not be shorter than half the step before
+    the last (Brent's rule). A gene is settled when its gradient is at most
+    :data:`GRAD_TOL`, or its latest step, or once bracketed its next step, is
+    shorter than :data:`LOG_ALPHA_TOL`.
 
     Parameters
     ----------
@@ -306,68 +332,59 @@ def _min_log_alpha(
         settle the gene.
     """
     n = len(x0)
-    x = x0.copy()
-    settled = np.zeros(n, dtype=bool)
-    failed = np.zeros(n, dtype=bool)
-    # the last two points (p: previous, c: current) and the bracket g(a) < 0 < g(b)
-    xc, gc = x0.copy(), grad(x0, np.arange(n))
+    every = np.arange(n)
+    xc, gc = x0.astype(np.float64), grad(x0, every)
+    x = xc.copy()
+    settled = np.abs(gc) <= GRAD_TOL
+    failed = np.isnan(gc)
+    a, b = np.full(n, lo), np.full(n, hi)  # the bracket; known: g(a) < 0 < g(b)
+    a_known = np.zeros(n, dtype=bool)
+    b_known = np.zeros(n, dtype=bool)
     xp, gp = xc.copy(), gc.copy()
-    a, b = np.full(n, lo), np.full(n, hi)
-    settled |= np.abs(gc) <= GRAD_TOL
-    failed |= np.isnan(gc)
-    searching = ~settled & ~failed
-    step = 1.0
+    last = np.full(n, np.inf)  # the step before the latest one
+    first = True
     for _ in range(MAX_ALPHA_ITER):
-        idx = np.flatnonzero(searching)
+        idx = np.flatnonzero(~settled & ~failed)
         if not len(idx):
             break
-        down = gc[idx] > 0  # the minimum lies to the left
-        nxt = np.clip(xc[idx] + np.where(down, -step, step), lo, hi)
-        gn = grad(nxt, idx)
-        step *= 2.0
-        same = np.where(down, gn > 0, gn < 0)
-        zero = np.abs(gn) <= GRAD_TOL
-        nan = np.isnan(gn)
-        same &= ~zero
-        edge = same & ((nxt == lo) | (nxt == hi))
-        x[idx[edge | zero]] = nxt[edge | zero]
-        settled[idx[edge | zero]] = True
-        failed[idx[nan]] = True
-        xp[idx], gp[idx] = xc[idx], gc[idx]
-        xc[idx], gc[idx] = nxt, gn
-        change = ~same & ~zero & ~nan
-        c, d = idx[change], down[change]
-        a[c] = np.where(d, xc[c], xp[c])
-        b[c] = np.where(d, xp[c], xc[c])
-        searching[idx] = same & ~edge
-    active = ~settled & ~failed & ~searching
-    last = np.full(n, np.inf)  # length of the step before the latest one
-    for _ in range(MAX_ALPHA_ITER):
-        idx = np.flatnonzero(active)
-        if not len(idx):
-            break
+        xi, gi = xc[idx], gc[idx]
         ai, bi = a[idx], b[idx]
-        dg = gc[idx] - gp[idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = xc[idx] - gc[idx] * (xc[idx] - xp[idx]) / dg
-        mid = 0.5 * (ai + bi)
-        # Brent's rule: bisect unless the secant step is inside the bracket and
-        # shorter than half the step before the latest one
-        bad = ~np.isfinite(t) | (t <= ai) | (t >= bi) | (np.abs(t - xc[idx]) > 0.5 * last[idx])
-        last[idx] = np.abs(xc[idx] - xp[idx])
-        t = np.where(bad, mid, t)
+        down = -np.sign(gi)
+        if first:
+            t = xi + down * PROBE
+            first = False
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slope = (gi - gp[idx]) / (xi - xp[idx])
+                newton = xi - gi / slope
+            ok = (slope > 0) & np.isfinite(newton)
+            bracketed = a_known[idx] & b_known[idx]
+            # not bracketed yet: downhill, at most MAX_STEP
+            free = np.where(ok, np.clip(newton - xi, -MAX_STEP, MAX_STEP), down * MAX_STEP)
+            t_free = xi + free
+            # bracketed: Brent's rule
+            inside = ok & (newton > ai) & (newton < bi)
+            inside &= np.abs(newton - xi) <= 0.5 * last[idx]
+            t_brk = np.where(inside, newton, 0.5 * (ai + bi))
+            t = np.where(bracketed, t_brk, t_free)
+        t = np.clip(t, ai, bi)
         gt = grad(t, idx)
-        xp[idx], gp[idx] = xc[idx], gc[idx]
+        # Brent's rule counts steps from the first one inside a bracket
+        last[idx] = np.where(a_known[idx] & b_known[idx], np.abs(xi - xp[idx]), np.inf)
+        xp[idx], gp[idx] = xi, gi
         xc[idx], gc[idx] = t, gt
+        neg, pos = gt < 0, gt > 0
+        a[idx[neg]], a_known[idx[neg]] = t[neg], True
+        b[idx[pos]], b_known[idx[pos]] = t[pos], True
+        edge = ((t <= lo) & pos) | ((t >= hi) & neg)  # pushing outwards at a bound
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ahead = np.abs(gt * (t - xi) / (gt - gi))  # the next secant step's length
+        done = edge | (np.abs(gt) <= GRAD_TOL) | (np.abs(t - xi) < LOG_ALPHA_TOL)
+        done |= (ahead < LOG_ALPHA_TOL) & (a_known[idx] & b_known[idx])
+        done |= (b[idx] - a[idx]) < LOG_ALPHA_TOL
         nan = np.isnan(gt)
+        x[idx[done & ~nan]] = t[done & ~nan]
+        settled[idx[done & ~nan]] = True
         failed[idx[nan]] = True
-        a[idx] = np.where(gt < 0, t, ai)
-        b[idx] = np.where(gt > 0, t, bi)
-        done = (
-            (gt == 0) | (np.abs(t - xp[idx]) < LOG_ALPHA_TOL) | ((b[idx] - a[idx]) < LOG_ALPHA_TOL)
-        )
-        done &= ~nan
-        x[idx[done]] = t[done]
-        settled[idx[done]] = True
-        active[idx[done | nan]] = False
-    return x, settled
+    x[settled & ~np.isfinite(x)] = x0[settled & ~np.isfinite(x)]
+    return x, settled & ~failed
