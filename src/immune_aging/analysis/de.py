@@ -280,12 +280,15 @@ def expression_ratio(adata: Any) -> pd.DataFrame:
         Cell types (sorted) x genes (``adata.var_names``), values in [0, 1]; 1 for
         the type expressing the gene most, 0 where the gene has no count.
     """
-    x = _dense(adata.X).astype(np.float64)
-    totals = x.sum(axis=1, keepdims=True)
-    cpm = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * 1e6
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     types = sorted(set(labels))
-    means = np.vstack([cpm[labels == t].mean(axis=0) for t in types]) if types else cpm[:0]
+    rows = []
+    for t in types:  # one cell type's samples at a time: memory of one dense block
+        x = _dense(adata.X[np.flatnonzero(labels == t)]).astype(np.float64)
+        totals = x.sum(axis=1, keepdims=True)
+        cpm = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * 1e6
+        rows.append(cpm.mean(axis=0))
+    means = np.vstack(rows) if rows else np.zeros((0, adata.n_vars))
     top = means.max(axis=0, initial=0.0)
     ratio = np.divide(means, top, out=np.zeros_like(means), where=top > 0)
     return pd.DataFrame(ratio, index=types, columns=adata.var_names.astype(str))
