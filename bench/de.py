@@ -142,14 +142,13 @@ def time_de(args: argparse.Namespace) -> None:
     """Time differential_expression on the simulated pseudobulk (see the module docstring)."""
     import dataclasses
 
-    import anndata as ad
-
     import immune_aging  # noqa: F401
+    from immune_aging import io
     from immune_aging.analysis import de
     from immune_aging.threads import n_threads
 
     params = _params(args.set)
-    adata = ad.read_h5ad(args.input)
+    adata = io.read_h5ad(args.input)
     if args.cell_types:  # the N largest (most samples, then most counts)
         labels = adata.obs["cell_type"].astype(str).to_numpy()
         totals = np.asarray(adata.X.sum(axis=1)).ravel()
