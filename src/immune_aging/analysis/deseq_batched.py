@@ -5,10 +5,10 @@ L-BFGS-B for the dispersion) through joblib: at tens of thousands of genes and
 hundreds of donors, the overhead of those calls costs more than twice the arithmetic
 (``bench/results/de.md``: 119 vs 32 CPU s for 35 k genes at 981 donors).
 :class:`BatchedInference` is a :class:`pydeseq2.default_inference.DefaultInference`
-whose ``irls``, ``alpha_mle``
-and ``wald_test`` solve the same problems for blocks of :data:`BLOCK_GENES` genes
-at once; the rest of DESeq2 (size factors, dispersion trend and prior, Cook's
-distances and refit, independent filtering) is PyDESeq2's own code.
+whose ``irls``, ``alpha_mle`` and ``wald_test`` solve the same problems for blocks
+of :data:`BLOCK_GENES` genes at once; the rest of DESeq2 (size factors, dispersion
+trend and prior, Cook's distances and refit, independent filtering) is PyDESeq2's
+own code.
 
 - ``irls``: the iterations of :func:`pydeseq2.utils.irls_solver` (its start, ridge,
   stopping rule on the deviance and hat diagonals), on all genes of a block
