@@ -107,6 +107,7 @@ class PreprocessParams:
     hvg_span: float = _f(gt=0.0, le=1.0)
     blocklist_regex: str = _f()
     n_comps: int = _f(ge=2)
+    pca_solver: Literal["covariance", "arpack"]
     seed: int = _f(ge=0)
 
 

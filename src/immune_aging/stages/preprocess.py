@@ -50,6 +50,7 @@ def body(args, params: PreprocessParams) -> None:
         blocklist_regex=params.blocklist_regex,
         n_comps=params.n_comps,
         seed=params.seed,
+        pca_solver=params.pca_solver,
     )
     result.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input, args.cells])
     variance = preprocess.variance_table(result)
