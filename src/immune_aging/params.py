@@ -120,6 +120,7 @@ class DimredParams:
     n_pcs: int = _f(ge=2)
     exact_knn_max_cells: int = _f(ge=0)
     umap_min_dist: float = _f(ge=0.0)
+    umap_max_cells: int = _f(ge=0)
     seed: int = _f(ge=0)
 
 
