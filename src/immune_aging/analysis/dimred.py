@@ -339,7 +339,7 @@ def neighbors_umap(
     import scanpy as sc
 
     out = adata.copy()
-    _neighbors(out, use_rep, n_neighbors, n_pcs, seed, exact_max_cells)
+    neighbor_graph(out, use_rep, n_neighbors, n_pcs, seed, exact_max_cells)
     rows = umap_rows(out.n_obs, umap_max_cells, seed)
     if len(rows) == out.n_obs:
         sc.tl.umap(out, min_dist=min_dist, random_state=seed)
@@ -347,7 +347,7 @@ def neighbors_umap(
     else:
         sub = ad.AnnData(obs=pd.DataFrame(index=out.obs_names[rows]))
         sub.obsm[use_rep] = np.asarray(out.obsm[use_rep])[rows]
-        _neighbors(sub, use_rep, n_neighbors, n_pcs, seed, exact_max_cells)
+        neighbor_graph(sub, use_rep, n_neighbors, n_pcs, seed, exact_max_cells)
         sc.tl.umap(sub, min_dist=min_dist, random_state=seed)
         coords = np.full((out.n_obs, 2), np.nan, dtype=np.float32)
         coords[rows] = sub.obsm["X_umap"]
@@ -379,10 +379,24 @@ def prune_weak_edges(connectivities: Any) -> None:
         data[data < data.max() / float(n_epochs)] = 0.0
 
 
-def _neighbors(
+def neighbor_graph(
     adata: ad.AnnData, use_rep: str, n_neighbors: int, n_pcs: int, seed: int, exact_max: int
 ) -> None:
-    """Run :func:`scanpy.pp.neighbors` in place; record ``exact`` or ``approximate``."""
+    """Add the kNN graph of ``obsm[use_rep]`` in place, exact or approximate.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm[use_rep]``; gets ``obsp`` ``distances`` and
+        ``connectivities`` and ``uns['neighbors']`` (``params['knn']`` is
+        ``"exact"`` or ``"approximate"``).
+    use_rep, n_neighbors, n_pcs, seed
+        See :func:`neighbors_umap`.
+    exact_max
+        Up to this many cells the neighbours are exact (scikit-learn, brute force);
+        above, pynndescent with UMAP's settings on one thread (scanpy's default;
+        its result would change with the thread count).
+    """
     import scanpy as sc
 
     exact = adata.n_obs <= exact_max
