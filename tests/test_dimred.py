@@ -133,6 +133,60 @@ def test_neighbors_umap_adds_graph_and_layout_without_touching_input():
         assert (types_[dist[i].indices] == types_[i]).all()
 
 
+def test_umap_rows_all_or_a_seeded_sorted_sample():
+    assert dimred.umap_rows(5, 0, seed=0).tolist() == [0, 1, 2, 3, 4]
+    assert dimred.umap_rows(5, 5, seed=0).tolist() == [0, 1, 2, 3, 4]
+    rows = dimred.umap_rows(1000, 100, seed=3)
+    assert len(rows) == 100 == len(set(rows.tolist()))
+    assert (np.diff(rows) > 0).all() and rows[-1] < 1000
+    np.testing.assert_array_equal(rows, dimred.umap_rows(1000, 100, seed=3))
+    assert not np.array_equal(rows, dimred.umap_rows(1000, 100, seed=4))
+
+
+def test_neighbors_umap_on_a_sample_keeps_the_whole_graph():
+    adata = pca_cells(n_per_group=40)
+    adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
+    kw = {"use_rep": "X_pca_harmony", "n_neighbors": 10, "n_pcs": 4, "min_dist": 0.5, "seed": 0}
+    full = dimred.neighbors_umap(adata, exact_max_cells=1000, **kw)
+    part = dimred.neighbors_umap(adata, exact_max_cells=1000, umap_max_cells=60, **kw)
+    # the graph clustering reads is the same: every cell, the same neighbours
+    for key in ("distances", "connectivities"):
+        assert (full.obsp[key] != part.obsp[key]).nnz == 0
+    assert full.uns["umap"]["cells"] == adata.n_obs
+    assert part.uns["umap"]["cells"] == 60
+    rows = dimred.umap_rows(adata.n_obs, 60, seed=0)
+    laid_out = np.isfinite(part.obsm["X_umap"]).all(axis=1)
+    assert laid_out.sum() == 60
+    np.testing.assert_array_equal(np.flatnonzero(laid_out), rows)
+    assert np.isnan(part.obsm["X_umap"][~laid_out]).all()
+    assert part.obsm["X_umap"].dtype == np.float32
+    # the sample's layout still separates the two cell types
+    xy = part.obsm["X_umap"][rows]
+    types_ = adata.obs["cell_type"].to_numpy()[rows]
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    assert (types_[dist.argmin(axis=1)] == types_).all()
+
+
+def test_figures_draw_the_laid_out_cells_only():
+    adata = pca_cells(n_per_group=40)
+    adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
+    work = dimred.neighbors_umap(
+        adata,
+        use_rep="X_pca_harmony",
+        n_neighbors=10,
+        n_pcs=4,
+        min_dist=0.5,
+        seed=0,
+        umap_max_cells=60,
+    )
+    figs = dimred.figures(dimred.embedding_anndata(work), seed=0)
+    ax = figs["umap_cell_type.png"].axes[0]
+    assert ax.get_title() == "UMAP by cell type, 60 of 160 cells"
+    assert len(ax.collections[0].get_offsets()) == 60
+    assert "60 of 160 cells" in figs["umap_donor.png"].axes[0].get_title()
+
+
 def test_donor_mixing_on_separated_and_mixed_donors():
     donors = np.array(["A"] * 4 + ["B"] * 4)
     separated = np.array([[0.0], [0.1], [0.2], [0.3], [10.0], [10.1], [10.2], [10.3]])
@@ -175,6 +229,18 @@ def test_plot_embedding(legend):
     coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
     fig = plots.plot_embedding(coords, ["a", "b", "a"], title="t", legend=legend)
     assert fig.axes[0].get_title() == "t"
+
+
+def test_plot_embedding_leaves_out_cells_without_coordinates():
+    coords = np.array([[0.0, 0.0], [np.nan, np.nan], [2.0, 0.5], [1.0, 1.0]])
+    fig = plots.plot_embedding(coords, ["a", "b", "a", "c"], title="t", legend="on data")
+    ax = fig.axes[0]
+    assert len(ax.collections[0].get_offsets()) == 3
+    # "b" has no drawn cell, so no label; the others sit at their cells' medians
+    assert sorted((t.get_text(), t.get_position()) for t in ax.texts) == [
+        ("a", (1.0, 0.25)),
+        ("c", (1.0, 1.0)),
+    ]
 
 
 def test_category_colours_distinct():
@@ -226,6 +292,7 @@ def test_stage_writes_embedding_metrics_and_figures(tmp_path, monkeypatch):
     assert metrics["n_pcs"] == 4
     assert metrics["n_pcs_available"] == 6
     assert metrics["knn"] == "exact"
+    assert metrics["umap_cells"] == adata.n_obs
     assert metrics["donor_mixing_harmony"] > metrics["donor_mixing_pca"]
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "umap_cell_type.png",
@@ -234,6 +301,16 @@ def test_stage_writes_embedding_metrics_and_figures(tmp_path, monkeypatch):
     first = (out / "embedding.h5ad").read_bytes()
     assert run_stage(tmp_path, adata, monkeypatch)[0] == 0
     assert (out / "embedding.h5ad").read_bytes() == first
+
+
+def test_stage_lays_umap_out_on_a_sample(tmp_path, monkeypatch):
+    adata = pca_cells(n_per_group=40)
+    code, out = run_stage(tmp_path, adata, monkeypatch, umap_max_cells=100)
+    assert code == 0
+    emb = io.read_h5ad(out / "embedding.h5ad")
+    assert np.isfinite(emb.obsm["X_umap"]).all(axis=1).sum() == 100
+    assert emb.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
+    assert json.loads((out / "dimred.json").read_text())["umap_cells"] == 100
 
 
 def test_stage_missing_donor_column(tmp_path, monkeypatch, capsys):

@@ -129,9 +129,75 @@ def test_run_pca_needs_fewer_components_than_cells_and_genes():
         "preprocess.n_comps=8: needs more cells and PCA genes than components "
         "(have 30 cells, 8 genes)"
     )
-    out = preprocess.run_pca(data, n_comps=3, seed=0)
-    assert out["X_pca"].shape == (30, 3)
-    assert out["PCs"].shape == (8, 3)
+    for solver in preprocess.PCA_SOLVERS:
+        out = preprocess.run_pca(data, n_comps=3, seed=0, solver=solver)
+        assert out["X_pca"].shape == (30, 3)
+        assert out["PCs"].shape == (8, 3)
+
+
+def hvg_like(n_cells=400, n_genes=60, seed=1) -> sparse.csr_matrix:
+    """Sparse log-expression with a few planted directions of decreasing strength."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(n_cells, 6)) * np.array([6.0, 4.0, 3.0, 2.0, 1.5, 1.0])
+    signal = factors @ rng.normal(size=(6, n_genes)) / 3 + rng.normal(size=(n_cells, n_genes))
+    dense = np.log1p(np.where(rng.random((n_cells, n_genes)) < 0.6, 0.0, np.abs(signal)))
+    return sparse.csr_matrix(dense.astype(np.float32))
+
+
+def test_covariance_pca_matches_dense_pca_and_arpack():
+    data = hvg_like()
+    x = data.toarray().astype(np.float64)
+    centred = x - x.mean(axis=0)
+    sing = np.linalg.svd(centred, compute_uv=False)
+    k = 5
+    cov = preprocess.run_pca(data, n_comps=k, seed=0, solver="covariance")
+    arp = preprocess.run_pca(data, n_comps=k, seed=0, solver="arpack")
+    variance = sing[:k] ** 2 / (x.shape[0] - 1)
+    np.testing.assert_allclose(cov["variance"], variance, rtol=1e-5)
+    np.testing.assert_allclose(
+        cov["variance_ratio"], variance / centred.var(0, ddof=1).sum(), 1e-5
+    )
+    np.testing.assert_allclose(cov["variance"], arp["variance"], rtol=1e-4)
+    for j in range(k):
+        # the same component, with the same sign rule (largest loading positive)
+        np.testing.assert_allclose(cov["PCs"][:, j], arp["PCs"][:, j], atol=1e-4)
+        assert cov["PCs"][np.argmax(np.abs(cov["PCs"][:, j])), j] > 0
+        np.testing.assert_allclose(cov["X_pca"][:, j], centred @ cov["PCs"][:, j], atol=1e-4)
+        assert abs(np.corrcoef(cov["X_pca"][:, j], arp["X_pca"][:, j])[0, 1]) >= 0.999
+    for key in ("X_pca", "PCs", "variance", "variance_ratio"):
+        assert cov[key].dtype == np.float32
+
+
+def test_covariance_pca_same_bytes_at_any_thread_count():
+    import numba
+
+    data = hvg_like(n_cells=700, n_genes=90, seed=3)
+    threads = [1, min(numba.config.NUMBA_NUM_THREADS, 4)]
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for t in threads:
+            numba.set_num_threads(t)
+            results.append(preprocess.run_pca(data, n_comps=6, seed=0))
+    finally:
+        numba.set_num_threads(before)
+    for key in ("X_pca", "PCs", "variance", "variance_ratio"):
+        assert results[0][key].tobytes() == results[1][key].tobytes()
+
+
+def test_gene_blocks_split_work_evenly_and_cover_every_gene():
+    from immune_aging.analysis.sparse_pca import gene_blocks
+
+    bounds = gene_blocks(np.array([5.0, 1, 1, 1, 1, 1, 5, 0, 0, 1]), n_blocks=4)
+    assert bounds.tolist() == [0, 1, 4, 7, 10]
+    assert gene_blocks(np.zeros(3), n_blocks=8).tolist() == [0, 1, 2, 3]
+    assert gene_blocks(np.ones(100), n_blocks=4).tolist() == [0, 25, 50, 75, 100]
+
+
+def test_run_pca_rejects_an_unknown_solver():
+    data = hvg_like(n_cells=30, n_genes=8)
+    with pytest.raises(ValueError, match="unknown PCA solver 'lobpcg'"):
+        preprocess.run_pca(data, n_comps=3, seed=0, solver="lobpcg")
 
 
 def run(adata, keep=None, **kw):
@@ -142,6 +208,7 @@ def run(adata, keep=None, **kw):
         "blocklist_regex": BLOCK,
         "n_comps": 5,
         "seed": 0,
+        "pca_solver": "covariance",
     }
     keep = np.ones(adata.n_obs, dtype=bool) if keep is None else keep
     return preprocess.preprocess(adata, keep=keep, **(params | kw))

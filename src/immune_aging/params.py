@@ -107,6 +107,7 @@ class PreprocessParams:
     hvg_span: float = _f(gt=0.0, le=1.0)
     blocklist_regex: str = _f()
     n_comps: int = _f(ge=2)
+    pca_solver: Literal["covariance", "arpack"]
     seed: int = _f(ge=0)
 
 
@@ -119,6 +120,7 @@ class DimredParams:
     n_pcs: int = _f(ge=2)
     exact_knn_max_cells: int = _f(ge=0)
     umap_min_dist: float = _f(ge=0.0)
+    umap_max_cells: int = _f(ge=0)
     seed: int = _f(ge=0)
 
 

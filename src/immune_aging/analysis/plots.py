@@ -48,7 +48,8 @@ def plot_embedding(
 ) -> Any:
     """Scatter a 2-D embedding coloured by a categorical label.
 
-    Cells are drawn in a random (seeded) order so that no group hides the others.
+    Cells are drawn in a random (seeded) order so that no group hides the others;
+    cells whose coordinates are not finite (not laid out) are left out.
 
     Parameters
     ----------
@@ -75,6 +76,9 @@ def plot_embedding(
 
     coords = np.asarray(coords)
     cat = pd.Categorical(np.asarray(labels))
+    drawn = np.isfinite(coords).all(axis=1)
+    if not drawn.all():  # cells without coordinates (a UMAP laid out on a sample)
+        coords, cat = coords[drawn], cat[drawn]
     names = [str(c) for c in cat.categories]
     colours = category_colours(len(names))
     order = np.random.default_rng(seed).permutation(len(cat))

@@ -21,10 +21,16 @@ Steps and choices:
    HVG columns are materialised, so no full normalised matrix is ever held.
 4. PCA on those genes, centred but **not scaled** to unit variance: the seed
    workflow does not scale, sc-best-practices does not either, and scaling
-   would densify a cells x HVGs matrix (12 GB for OneK1K). The ARPACK solver is
-   seeded, and BLAS runs on one thread with one kernel
-   (:mod:`immune_aging.determinism`), so the result is the same bytes at any
-   thread count and on any x86-64-v3 machine.
+   would densify a cells x HVGs matrix (12 GB for OneK1K). ``pca_solver``
+   ``covariance`` (default) sums the genes' covariance matrix from the sparse
+   rows on all threads in fixed gene blocks and eigendecomposes it
+   (:mod:`immune_aging.analysis.sparse_pca`): the exact components, in one pass
+   over the data. ``arpack`` is scanpy's seeded ARPACK solver (single-threaded
+   sparse products; its components agree with the covariance solver's to
+   ``|correlation| > 0.999``). BLAS runs on one thread with one kernel
+   (:mod:`immune_aging.determinism`) and the covariance sums never depend on the
+   thread count, so the result is the same bytes at any thread count and on any
+   x86-64-v3 machine.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from immune_aging.errors import InputError
 log = logging.getLogger(__name__)
 
 OBS_COLUMNS = ("donor_id", "cell_type", "sex")
+#: ``preprocess.pca_solver`` values: the gene covariance matrix (all threads) or ARPACK.
+PCA_SOLVERS = ("covariance", "arpack")
 
 
 def block_genes(symbols: pd.Series, *, regex: str) -> np.ndarray:
@@ -109,7 +117,9 @@ def log_normalise(counts: Any, *, columns: np.ndarray, target_sum: float) -> spa
     return sparse.csr_matrix(sub)
 
 
-def run_pca(data: sparse.csr_matrix, *, n_comps: int, seed: int) -> dict[str, np.ndarray]:
+def run_pca(
+    data: sparse.csr_matrix, *, n_comps: int, seed: int, solver: str = "covariance"
+) -> dict[str, np.ndarray]:
     """Principal components of a cells x genes matrix (centred, not scaled).
 
     Parameters
@@ -119,7 +129,10 @@ def run_pca(data: sparse.csr_matrix, *, n_comps: int, seed: int) -> dict[str, np
     n_comps
         Components to compute; must be below both dimensions.
     seed
-        Random state of the ARPACK start vector.
+        Random state of the ARPACK start vector (the covariance solver has none).
+    solver
+        One of :data:`PCA_SOLVERS`: ``covariance`` (eigendecomposition of the
+        genes' covariance matrix, summed on all threads) or ``arpack`` (scanpy's).
 
     Returns
     -------
@@ -139,6 +152,12 @@ def run_pca(data: sparse.csr_matrix, *, n_comps: int, seed: int) -> dict[str, np
             f"preprocess.n_comps={n_comps}: needs more cells and PCA genes than components "
             f"(have {data.shape[0]} cells, {data.shape[1]} genes)"
         )
+    if solver not in PCA_SOLVERS:
+        raise ValueError(f"unknown PCA solver {solver!r}; expected one of {PCA_SOLVERS}")
+    if solver == "covariance":
+        from immune_aging.analysis.sparse_pca import covariance_pca
+
+        return covariance_pca(data, n_comps=n_comps)
     adata = ad.AnnData(X=data.copy())
     sc.pp.pca(adata, n_comps=n_comps, svd_solver="arpack", zero_center=True, random_state=seed)
     return {
@@ -159,6 +178,7 @@ def preprocess(
     blocklist_regex: str,
     n_comps: int,
     seed: int,
+    pca_solver: str = "covariance",
 ) -> tuple[ad.AnnData, dict[str, Any]]:
     """Run HVG selection, blocklisting, normalisation and PCA on the kept cells.
 
@@ -169,7 +189,7 @@ def preprocess(
         var ``feature_name`` (not modified).
     keep
         Boolean mask of the cells to use (QC ``keep``).
-    target_sum, n_top_genes, hvg_span, blocklist_regex, n_comps, seed
+    target_sum, n_top_genes, hvg_span, blocklist_regex, n_comps, seed, pca_solver
         See ``params.yaml: preprocess``.
 
     Returns
@@ -202,7 +222,7 @@ def preprocess(
             "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
         )
     data = log_normalise(counts, columns=used, target_sum=target_sum)
-    pca = run_pca(data, n_comps=n_comps, seed=seed)
+    pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
 
     obs = cells.obs.loc[:, list(OBS_COLUMNS)].copy()
     for col in OBS_COLUMNS:
@@ -229,7 +249,7 @@ def preprocess(
         "variance_ratio": pca["variance_ratio"],
         "params": {
             "n_comps": n_comps,
-            "svd_solver": "arpack",
+            "svd_solver": pca_solver,
             "zero_center": True,
             "scaled": False,
             "target_sum": target_sum,

@@ -5,7 +5,8 @@ donor with Harmony, builds the neighbour graph on the leading ``n_pcs`` correcte
 components and lays it out with UMAP (:mod:`immune_aging.analysis.dimred`). Writes
 ``embedding.h5ad`` holding only what this stage adds (no ``X``, no genes), the
 metrics (Harmony's iterations and how well donors mix before and after) and UMAP
-figures.
+figures. Above ``umap_max_cells`` cells UMAP is laid out on a sample and the other
+cells' coordinates are NaN.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def body(args, params: DimredParams) -> None:
         n_pcs=params.n_pcs,
         exact_knn_max_cells=params.exact_knn_max_cells,
         umap_min_dist=params.umap_min_dist,
+        umap_max_cells=params.umap_max_cells,
         seed=params.seed,
         n_threads=threads.n_threads(),
     )

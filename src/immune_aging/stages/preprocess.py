@@ -46,6 +46,7 @@ def body(args, params: PreprocessParams) -> None:
         blocklist_regex=params.blocklist_regex,
         n_comps=params.n_comps,
         seed=params.seed,
+        pca_solver=params.pca_solver,
     )
     result.uns["provenance"] = provenance.record(
         NAME, as_dict(params), [args.selection, args.raw, args.cells]
