@@ -344,7 +344,8 @@ def test_column_moments_do_not_depend_on_the_split():
 
 
 @pytest.mark.parametrize("max_cells", [1, 70, 1000])
-def test_preprocess_streamed_equals_one_pass(max_cells):
+def test_preprocess_streamed_equals_one_pass(max_cells, monkeypatch):
+    monkeypatch.setattr(preprocess, "SCALE_ROWS", 7)  # several row chunks
     adata = interleaved(counts_dataset(sizes=(60, 50, 40)))
     keep = np.ones(adata.n_obs, dtype=bool)
     keep[::7] = False

@@ -47,6 +47,9 @@ from immune_aging.errors import InputError
 log = logging.getLogger(__name__)
 
 OBS_COLUMNS = ("donor_id", "cell_type", "sex")
+#: rows normalised at a time by :func:`preprocess_streamed` (no per-entry copy of
+#: the whole matrix)
+SCALE_ROWS = 1 << 16
 
 
 def block_genes(symbols: pd.Series, *, regex: str) -> np.ndarray:
@@ -297,7 +300,11 @@ def preprocess_streamed(
         raise ValueError(f"read_columns returned {data.shape}, not {(len(obs), int(used.sum()))}")
     data = data.astype(np.float32) if data.dtype != np.float32 else data
     scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    data.data *= np.repeat(scale.astype(np.float32), np.diff(data.indptr))
+    scale = scale.astype(np.float32)
+    for lo in range(0, data.shape[0], SCALE_ROWS):
+        hi = min(lo + SCALE_ROWS, data.shape[0])
+        a, b = int(data.indptr[lo]), int(data.indptr[hi])
+        data.data[a:b] *= np.repeat(scale[lo:hi], np.diff(data.indptr[lo : hi + 1]))
     np.log1p(data.data, out=data.data)
     pca = run_pca(data, n_comps=n_comps, seed=seed)
     return _result(
