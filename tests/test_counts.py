@@ -285,3 +285,69 @@ def test_read_cells_accepts_index_or_column(tmp_path):
     )
     table = counts.read_cells(write_cells(tmp_path, as_index), ["predicted_doublet"])
     assert table.index.tolist() == ["1", "2"] and table.index.name == "cell_id"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_group_batches_hold_whole_groups_in_order_of_first_cell():
+    labels = np.array(["b", "a", "b", "c", "a", "c", "c", "d"])
+    batches = counts.group_batches(labels, 4)
+    # b (2 cells) + a (2) fill the first batch; c (3) + d (1) the second
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 4], [3, 5, 6, 7]]
+    assert [b.tolist() for b in counts.group_batches(labels, 2)] == [
+        [0, 2],
+        [1, 4],
+        [3, 5, 6],  # a group larger than a batch is a batch of its own
+        [7],
+    ]
+    assert [b.tolist() for b in counts.group_batches(labels, 100)] == [list(range(8))]
+    assert counts.group_batches(np.array([], dtype=str), 5) == []
+
+
+def test_batch_cells_from_the_environment(monkeypatch):
+    monkeypatch.delenv(counts.BATCH_CELLS_ENV, raising=False)
+    assert counts.batch_cells() == counts.BATCH_CELLS
+    monkeypatch.setenv(counts.BATCH_CELLS_ENV, "12")
+    assert counts.batch_cells() == 12
+    for bad in ("0", "-3", "1.5", "many"):
+        monkeypatch.setenv(counts.BATCH_CELLS_ENV, bad)
+        with pytest.raises(InputError, match="expected a positive number of cells"):
+            counts.batch_cells()
+
+
+def test_kept_blocks_read_only_the_span_of_the_kept_cells(tmp_path, monkeypatch):
+    path = write(tmp_path)
+    with h5py.File(path, "r+") as fh:
+        fh["X/data"][0] = 0.5  # cell a: not a count
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 1)
+    keep = np.array([False, False, True, True])
+    blocks = list(counts.kept_blocks(path, "X", keep))  # row 0 is never read
+    assert [b.start for b in blocks] == [2, 3]
+    assert list(counts.kept_blocks(path, "X", np.zeros(4, dtype=bool))) == []
+    with pytest.raises(InputError, match="non-integer values"):
+        list(counts.kept_blocks(path, "X", np.array([True, False, False, True])))
+
+
+@pytest.mark.parametrize("layout", ["csr", "csc", "dense"])
+def test_selection_reads_batches_of_groups_and_gene_subsets(tmp_path, monkeypatch, layout):
+    source = write(tmp_path, layout=layout)
+    path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
+    chosen = counts.read_selection(path, source)
+    genes = np.array([True, False, True])  # of the selection's genes: G0 and G3
+    np.testing.assert_array_equal(chosen.read(genes=genes).toarray(), X[:, [0, 3]])
+    keep = np.array([True, False, True, True])
+    np.testing.assert_array_equal(
+        chosen.read(keep, genes=genes).toarray(), X[[0, 2, 3]][:, [0, 3]]
+    )
+    with pytest.raises(ValueError, match="genes has 2 entries"):
+        chosen.read(genes=genes[:2])
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 1)
+    labels = np.array(["x", "y", "x"])  # of the kept cells a, c, d: x not contiguous
+    batches = list(chosen.read_batches(labels, keep=keep, max_cells=1))
+    assert [p.tolist() for p, _ in batches] == [[0, 2], [1]]  # positions among the kept
+    np.testing.assert_array_equal(batches[0][1].toarray(), X[[0, 3]][:, [0, 2, 3]])
+    np.testing.assert_array_equal(batches[1][1].toarray(), X[[2]][:, [0, 2, 3]])
+    assert all(c.dtype == np.float32 for _, c in batches)
+    with pytest.raises(ValueError, match="labels has 2 entries for 3 cells"):
+        list(chosen.read_batches(labels[:2], keep=keep))

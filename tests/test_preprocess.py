@@ -12,7 +12,7 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import io
+from immune_aging import counts, io
 from immune_aging.analysis import hvg, preprocess
 from immune_aging.errors import InputError
 from immune_aging.stages import preprocess as stage
@@ -355,3 +355,110 @@ def test_stage_too_many_components(tmp_path, monkeypatch, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: preprocess: preprocess.n_comps=60: needs more cells")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def interleaved(adata):
+    """The same cells with the donors' cells interleaved (not contiguous)."""
+    return adata[np.random.default_rng(3).permutation(adata.n_obs)].copy()
+
+
+def donor_batches(adata, max_cells):
+    labels = adata.obs["donor_id"].astype(str).to_numpy()
+    for positions in counts.group_batches(labels, max_cells):
+        yield positions, adata.X[positions]
+
+
+@pytest.mark.parametrize("max_cells", [1, 70, 1000])
+def test_hvg_streamed_equals_one_pass(max_cells):
+    # d4 (1 cell) is skipped: the reasons keep the donors' order
+    adata = interleaved(counts_dataset(sizes=(60, 50, 40, 1)))
+    whole, info = hvg.highly_variable_genes(adata, n_top_genes=40, span=0.8)
+    parts, parts_info = hvg.highly_variable_genes_streamed(
+        donor_batches(adata, max_cells),
+        labels=adata.obs["donor_id"].to_numpy(),
+        var_names=adata.var_names,
+        n_top_genes=40,
+        span=0.8,
+    )
+    pd.testing.assert_frame_equal(whole, parts, check_exact=True)
+    assert info == parts_info and list(info["batches_skipped"]) == ["d4"]
+
+
+def test_hvg_streamed_refuses_split_donors():
+    adata = counts_dataset()
+    halves = [np.arange(0, adata.n_obs, 2), np.arange(1, adata.n_obs, 2)]
+    with pytest.raises(ValueError, match="split between batches"):
+        hvg.highly_variable_genes_streamed(
+            ((p, adata.X[p]) for p in halves),
+            labels=adata.obs["donor_id"].to_numpy(),
+            var_names=adata.var_names,
+            n_top_genes=40,
+            span=0.8,
+        )
+
+
+def test_column_moments_do_not_depend_on_the_split():
+    X = counts_dataset().X
+    whole = hvg._column_mean_var(X)
+    moments = hvg.ColumnMoments(X.shape[1])
+    for lo in (100, 0, 37):  # any order, any split
+        moments.add(X[lo : {100: None, 0: 37, 37: 100}[lo]], block=7)
+    for a, b in zip(whole, moments.mean_var(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("max_cells", [1, 70, 1000])
+def test_preprocess_streamed_equals_one_pass(max_cells, monkeypatch):
+    monkeypatch.setattr(preprocess, "SCALE_ROWS", 7)  # several row chunks
+    adata = interleaved(counts_dataset(sizes=(60, 50, 40)))
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[::7] = False
+    whole, info = run(adata, keep)
+    cells = adata[keep].copy()
+    asked = []
+
+    def read_columns(genes):
+        asked.append(genes.copy())
+        return cells.X[:, genes].copy()
+
+    parts, parts_info = preprocess.preprocess_streamed(
+        donor_batches(cells, max_cells),
+        read_columns,
+        obs=cells.obs,
+        var=cells.var,
+        target_sum=1e4,
+        n_top_genes=50,
+        hvg_span=0.8,
+        blocklist_regex=BLOCK,
+        n_comps=5,
+        seed=0,
+    )
+    assert info == parts_info
+    assert len(asked) == 1 and asked[0].tolist() == whole.var["used_for_pca"].tolist()
+    pd.testing.assert_frame_equal(whole.obs, parts.obs, check_exact=True)
+    pd.testing.assert_frame_equal(whole.var, parts.var, check_exact=True)
+    for key in ("X_pca",):
+        np.testing.assert_array_equal(whole.obsm[key], parts.obsm[key])
+    np.testing.assert_array_equal(whole.varm["PCs"], parts.varm["PCs"])
+    for key in ("variance", "variance_ratio"):
+        np.testing.assert_array_equal(whole.uns["pca"][key], parts.uns["pca"][key])
+    assert whole.uns["hvg"] == parts.uns["hvg"]
+
+
+def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
+    adata = interleaved(counts_dataset())
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[::10] = False
+    outputs = []
+    for size in ("1", "70", ""):
+        monkeypatch.setenv(counts.BATCH_CELLS_ENV, size)
+        folder = tmp_path / (size or "default")
+        folder.mkdir()
+        write_inputs(folder, adata, keep)
+        code, out = run_stage(folder, monkeypatch)
+        assert code == 0
+        outputs.append([(out / n).read_bytes() for n in ("pca.h5ad", "preprocess.json")])
+    assert outputs[0] == outputs[1] == outputs[2]

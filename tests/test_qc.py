@@ -12,6 +12,7 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
+from immune_aging import counts
 from immune_aging.analysis import doublets, plots, qc
 from immune_aging.errors import InputError
 from immune_aging.stages import qc as stage
@@ -357,4 +358,100 @@ def test_stage_no_cell_left(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: qc: selection.h5ad: no cell passes QC (rule 'min_genes' alone removes "
         "270 of 270); check the qc.* limits"
+    )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def shuffled_cells() -> ad.AnnData:
+    """:func:`cells_dataset` with the donors' cells interleaved (not contiguous)."""
+    adata = cells_dataset()
+    order = np.random.default_rng(7).permutation(adata.n_obs)
+    return adata[order].copy()
+
+
+def batches_of(adata, key, max_cells):
+    labels = adata.obs[key].astype(str).to_numpy()
+    for positions in counts.group_batches(labels, max_cells):
+        yield positions, adata.X[positions]
+
+
+@pytest.mark.parametrize("thresholds", ["fixed", "mad"])
+@pytest.mark.parametrize("max_cells", [1, 130, 150, 10_000])
+def test_batches_of_whole_groups_equal_one_pass(thresholds, max_cells):
+    adata = shuffled_cells()
+    kwargs = {
+        **FIXED,
+        "thresholds": thresholds,
+        "min_genes": 100,
+        "min_counts": 200,
+        "max_genes": 10_000,
+        "max_counts": 100_000,
+        "expected_doublet_rate": 0.06,
+        "min_cells_scrublet": 100,
+        "seed": 0,
+    }
+    whole = qc.qc_cells(adata, group_key="donor_id", **kwargs)
+    parts = qc.qc_batches(
+        batches_of(adata, "donor_id", max_cells),
+        obs=adata.obs,
+        var=adata.var,
+        group_key="donor_id",
+        **kwargs,
+    )
+    assert (
+        len(counts.group_batches(adata.obs["donor_id"], max_cells))
+        == {
+            1: 3,
+            130: 3,
+            150: 2,
+            10_000: 1,
+        }[max_cells]
+    )
+    for a, b in zip(whole, parts, strict=True):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    table, _, limits, groups = parts
+    assert table.index.equals(pd.Index(adata.obs_names, name="cell_id"))
+    assert groups["group"].tolist() == ["d1", "d2", "d3"]
+    assert groups["scored"].any() and not groups["scored"].iloc[2]  # d3: 30 cells
+    assert table["predicted_doublet"].sum() > 0
+    if thresholds == "mad":
+        assert limits.index.tolist() == ["d1", "d2", "d3"]
+
+
+def test_batches_must_hold_whole_groups_and_every_cell():
+    adata = shuffled_cells()
+    kwargs = {**FIXED, "expected_doublet_rate": 0.06, "min_cells_scrublet": 100, "seed": 0}
+    half = np.arange(0, adata.n_obs, 2), np.arange(1, adata.n_obs, 2)
+    split = ((p, adata.X[p]) for p in half)  # every donor in both halves
+    with pytest.raises(ValueError, match="split between batches"):
+        qc.qc_batches(split, obs=adata.obs, var=adata.var, group_key="donor_id", **kwargs)
+    first = ((p, adata.X[p]) for p in half[:1])
+    with pytest.raises(ValueError, match="not each of 270 once"):
+        qc.qc_batches(first, obs=adata.obs, var=adata.var, group_key="donor_id", **kwargs)
+
+
+def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
+    adata = shuffled_cells()
+    outputs = []
+    for size in ("1", "150", ""):
+        monkeypatch.setenv(counts.BATCH_CELLS_ENV, size)
+        folder = tmp_path / (size or "default")
+        folder.mkdir()
+        code, out = run_stage(folder, monkeypatch, adata, thresholds="mad")
+        assert code == 0
+        outputs.append(
+            [(out / name).read_bytes() for name in ("cells.parquet", "qc.json")]
+            + [(out / "plots" / n).read_bytes() for n in ("limits.csv", "scrublet_groups.csv")]
+        )
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_stage_refuses_a_bad_batch_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(counts.BATCH_CELLS_ENV, "many")
+    code, _ = run_stage(tmp_path, monkeypatch, cells_dataset())
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: qc: IMMUNE_AGING_BATCH_CELLS='many': expected a positive number of cells"
     )

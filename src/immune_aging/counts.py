@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,16 +216,23 @@ def matrix_shape(node: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _row_blocks(node: Any, shape: tuple[int, int]) -> Iterator[tuple[int, sparse.csr_matrix]]:
-    """Yield ``(first row, CSR block)`` over consecutive rows of an h5ad matrix."""
+def _row_blocks(
+    node: Any, shape: tuple[int, int], span: tuple[int, int] | None = None
+) -> Iterator[tuple[int, sparse.csr_matrix]]:
+    """Yield ``(first row, CSR block)`` over consecutive rows of an h5ad matrix.
+
+    ``span`` ``(first, stop)`` skips the blocks without a row in ``first..stop-1``
+    (the blocks are the same as without it).
+    """
     n_rows, n_cols = shape
+    first, stop = span if span is not None else (0, n_rows)
     encoding = None if isinstance(node, h5py.Dataset) else node.attrs.get("encoding-type")
     if encoding == "csr_matrix":
         indptr = node["indptr"][:]
         data, indices = node["data"], node["indices"]
         per_row = max(1, int(indptr[-1]) // max(n_rows, 1))
         step = max(1, BLOCK_VALUES // per_row)
-        for a in range(0, n_rows, step):
+        for a in range(first - first % step, stop, step):
             b = min(a + step, n_rows)
             lo, hi = int(indptr[a]), int(indptr[b])
             yield (
@@ -235,15 +243,16 @@ def _row_blocks(node: Any, shape: tuple[int, int]) -> Iterator[tuple[int, sparse
             )
         return
     step = max(1, BLOCK_VALUES // max(n_cols, 1))
+    starts = range(first - first % step, stop, step)
     if encoding is None:  # dense
-        for a in range(0, n_rows, step):
+        for a in starts:
             yield a, sparse.csr_matrix(node[a : a + step])
         return
     if encoding == "csc_matrix":
         from anndata.io import sparse_dataset
 
         matrix = sparse_dataset(node)
-        for a in range(0, n_rows, step):
+        for a in starts:
             yield a, sparse.csr_matrix(matrix[a : a + step])
         return
     raise InputError(f"unsupported matrix encoding {encoding!r}")
@@ -297,8 +306,9 @@ def kept_blocks(
 ) -> Iterator[Block]:
     """Stream the raw counts of the kept cells, one block of rows at a time.
 
-    Blocks without a kept cell are skipped. Every stored value is checked with
-    :func:`check_counts`.
+    Blocks without a kept cell are skipped; those before the first kept cell or
+    after the last one are not read at all (a subset of contiguous cells reads only
+    their blocks). Every stored value read is checked with :func:`check_counts`.
 
     Parameters
     ----------
@@ -331,9 +341,14 @@ def kept_blocks(
             raise InputError(f"{path}: {location} has {shape[0]} rows, obs has {len(keep)}")
         if genes is not None and shape[1] != len(genes):
             raise InputError(f"{path}: {location} has {shape[1]} columns, var has {len(genes)}")
-        progress = Progress(f"{path.name}: rows read", total=shape[0])
-        for a, block in _row_blocks(node, shape):
-            progress.step(block.shape[0])
+        chosen = np.flatnonzero(keep)
+        if chosen.size == 0:
+            return
+        span = (int(chosen[0]), int(chosen[-1]) + 1)
+        progress = Progress(f"{path.name}: rows read", total=span[1] - span[0])
+        for a, block in _row_blocks(node, shape, span):
+            # rows of the span in this block (the first block may start before it)
+            progress.step(min(a + block.shape[0], span[1]) - max(a, span[0]))
             check_csr_block(block.indptr, block.indices, shape[1], where=f"{path}: {location}")
             local = np.flatnonzero(keep[a : a + block.shape[0]])
             if local.size == 0:
@@ -510,6 +525,75 @@ def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarra
     return seen
 
 
+# --------------------------------------------------------------------------- batches
+
+#: Cells per batch at most when the ``qc`` and ``preprocess`` stages read whole
+#: groups (donors, pools) of cells at a time (:func:`batch_cells`).
+BATCH_CELLS = 200_000
+#: Environment variable overriding :data:`BATCH_CELLS` (outputs do not depend on it).
+BATCH_CELLS_ENV = "IMMUNE_AGING_BATCH_CELLS"
+
+
+def batch_cells() -> int:
+    """Return the cells per batch: ``$IMMUNE_AGING_BATCH_CELLS`` or :data:`BATCH_CELLS`.
+
+    Returns
+    -------
+    int
+        A positive number of cells.
+
+    Raises
+    ------
+    InputError
+        If the variable is set to anything but a positive integer.
+    """
+    value = os.environ.get(BATCH_CELLS_ENV, "").strip()
+    if not value:
+        return BATCH_CELLS
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InputError(f"{BATCH_CELLS_ENV}={value!r}: expected a positive number of cells")
+    return n
+
+
+def group_batches(labels: np.ndarray, max_cells: int) -> list[np.ndarray]:
+    """Split cells into batches of whole groups, of at most ``max_cells`` cells.
+
+    Groups are taken in the order of their first cell; a batch holds consecutive
+    groups in that order while they fit (a group larger than ``max_cells`` is a
+    batch of its own). When groups are contiguous in the file, so is each batch.
+
+    Parameters
+    ----------
+    labels
+        Group of each cell (compared as strings).
+    max_cells
+        Cells per batch at most, unless one group has more.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Positions of each batch's cells, ascending; every cell in exactly one.
+    """
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    if len(labels) == 0:
+        return []
+    codes, uniques = pd.factorize(labels)  # codes in order of first appearance
+    sizes = np.bincount(codes, minlength=len(uniques))
+    batch_of_group = np.zeros(len(uniques), dtype=np.int64)
+    batch, filled = 0, 0
+    for g, size in enumerate(sizes):
+        if filled and filled + size > max_cells:
+            batch, filled = batch + 1, 0
+        batch_of_group[g] = batch
+        filled += int(size)
+    of_cell = batch_of_group[codes]
+    return [np.flatnonzero(of_cell == b) for b in range(batch + 1)]
+
+
 # --------------------------------------------------------------------------- selection
 
 #: obs column of the selection: each kept cell's row in the input file.
@@ -590,27 +674,102 @@ class Selection:
         mask[self.columns] = True
         return mask
 
-    def read(self, keep: np.ndarray | None = None) -> sparse.csr_matrix:
-        """Read the raw counts of the kept cells (or a subset) and genes.
+    def read(
+        self, keep: np.ndarray | None = None, genes: np.ndarray | None = None
+    ) -> sparse.csr_matrix:
+        """Read the raw counts of the kept cells (or a subset) and genes (or a subset).
+
+        Only the file's blocks from the first to the last cell asked for are read:
+        a subset of cells contiguous in the file costs its own rows.
 
         Parameters
         ----------
         keep
             Boolean mask over the selection's cells (None: all of them).
+        genes
+            Boolean mask over the selection's genes (None: all of them).
 
         Returns
         -------
         scipy.sparse.csr_matrix
-            float32 counts, cells x the selection's genes, in the selection's order.
+            float32 counts, cells x genes, in the selection's order.
         """
+        columns = self.gene_mask()
+        if genes is not None:
+            genes = np.asarray(genes, dtype=bool)
+            if len(genes) != len(self.columns):
+                raise ValueError(
+                    f"genes has {len(genes)} entries, the selection {len(self.columns)}"
+                )
+            columns[self.columns[~genes]] = False
         matrix, _ = read_counts(
             self.source,
             self.location,
             self.row_mask(keep),
-            genes=self.gene_mask(),
+            genes=columns,
             drop_empty_genes=False,
         )
         return matrix
+
+    def read_batches(
+        self,
+        labels: np.ndarray,
+        *,
+        keep: np.ndarray | None = None,
+        max_cells: int | None = None,
+        label: str = "batch",
+    ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
+        """Read the counts of whole groups of cells, a batch of groups at a time.
+
+        The batches are those of :func:`group_batches`; each is read with
+        :meth:`read` (the blocks of the file spanning its cells), and a line is
+        logged after each: groups and cells done, elapsed seconds.
+
+        Parameters
+        ----------
+        labels
+            Group of each selected cell (all of them, or those of ``keep``).
+        keep
+            Boolean mask over the selection's cells (None: all of them).
+        max_cells
+            Cells per batch at most, unless one group has more (None:
+            :func:`batch_cells`).
+        label
+            Names the batches in the progress lines.
+
+        Yields
+        ------
+        tuple
+            ``(positions, counts)``: ascending positions of the batch's cells among
+            the cells read (those of ``keep``), and their float32 CSR counts over
+            the selection's genes.
+        """
+        chosen = np.arange(len(self.rows)) if keep is None else np.flatnonzero(keep)
+        labels = np.asarray(labels)
+        if len(labels) != len(chosen):
+            raise ValueError(f"labels has {len(labels)} entries for {len(chosen)} cells")
+        batches = group_batches(labels, batch_cells() if max_cells is None else max_cells)
+        n_groups = len(pd.unique(labels))
+        start = time.perf_counter()
+        groups_done = cells_done = 0
+        for i, positions in enumerate(batches, start=1):
+            mask = np.zeros(len(self.rows), dtype=bool)
+            mask[chosen[positions]] = True
+            counts = self.read(mask)
+            groups_done += len(pd.unique(labels[positions]))
+            cells_done += len(positions)
+            log.info(
+                "%s %d of %d: %d of %d groups, %d of %d cells read, %.0f s",
+                label,
+                i,
+                len(batches),
+                groups_done,
+                n_groups,
+                cells_done,
+                len(labels),
+                time.perf_counter() - start,
+            )
+            yield positions, counts
 
     def blocks(
         self, keep: np.ndarray | None = None

@@ -15,6 +15,7 @@ are skipped after.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import anndata as ad
@@ -49,18 +50,82 @@ def _variable_genes(counts: sparse.csr_matrix) -> int:
     return int(((present > 0) & (var > 1e-12)).sum())
 
 
+class ColumnMoments:
+    """Running column sums and sums of squares of count matrices, in float64.
+
+    Counts are integers, so every partial sum is an exact float64 integer (below
+    2**53) and the result does not depend on how the rows are split into blocks
+    or batches, nor on their order: streaming gives the bits of one pass.
+
+    Parameters
+    ----------
+    n_cols
+        Columns (genes).
+    """
+
+    def __init__(self, n_cols: int) -> None:
+        self.n_rows = 0
+        self.sums = np.zeros(n_cols, dtype=np.float64)
+        self.squares = np.zeros(n_cols, dtype=np.float64)
+
+    def add(self, X: sparse.csr_matrix, block: int = 1 << 24) -> None:
+        """Add the rows of a CSR matrix (no copy of it).
+
+        Parameters
+        ----------
+        X
+            Rows to add (same columns).
+        block
+            Stored entries summed at a time.
+        """
+        n_cols = len(self.sums)
+        for lo in range(0, X.nnz, block):
+            idx, val = X.indices[lo : lo + block], X.data[lo : lo + block].astype(np.float64)
+            self.sums += np.bincount(idx, weights=val, minlength=n_cols)
+            self.squares += np.bincount(idx, weights=val * val, minlength=n_cols)
+        self.n_rows += X.shape[0]
+
+    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the mean and unbiased variance of each column.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(means, variances)``.
+        """
+        n = self.n_rows
+        means = self.sums / max(n, 1)
+        variances = (self.squares / max(n, 1) - means**2) * (n / (n - 1) if n > 1 else 1.0)
+        return means, variances
+
+
 def _column_mean_var(X: sparse.csr_matrix, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased variance of each column, summed block by block (no copy of X)."""
-    sums = np.zeros(X.shape[1], dtype=np.float64)
-    squares = np.zeros(X.shape[1], dtype=np.float64)
-    for lo in range(0, X.nnz, block):
-        idx, val = X.indices[lo : lo + block], X.data[lo : lo + block].astype(np.float64)
-        sums += np.bincount(idx, weights=val, minlength=X.shape[1])
-        squares += np.bincount(idx, weights=val * val, minlength=X.shape[1])
-    n = X.shape[0]
-    means = sums / max(n, 1)
-    variances = (squares / max(n, 1) - means**2) * (n / (n - 1) if n > 1 else 1.0)
-    return means, variances
+    moments = ColumnMoments(X.shape[1])
+    moments.add(X, block)
+    return moments.mean_var()
+
+
+def _fit_batch(
+    sub: sparse.csr_matrix, var_names: pd.Index, *, n_top_genes: int, span: float
+) -> np.ndarray | str:
+    """Seurat v3's normalised variances of one batch (donor), or why it was skipped."""
+    import scanpy as sc
+
+    if _variable_genes(sub) < MIN_VARIABLE_GENES:
+        return f"{sub.shape[0]} cells, too few variable genes for the loess fit"
+    try:
+        df = sc.pp.highly_variable_genes(
+            ad.AnnData(X=sub, var=pd.DataFrame(index=var_names)),
+            flavor="seurat_v3",
+            n_top_genes=n_top_genes,
+            span=span,
+            check_values=False,
+            inplace=False,
+        )
+    except ValueError as exc:  # skmisc reports a failed loess fit as ValueError
+        return f"{sub.shape[0]} cells, loess fit failed ({exc})"
+    return df["variances_norm"].to_numpy(dtype=np.float64)
 
 
 def highly_variable_genes(
@@ -98,32 +163,90 @@ def highly_variable_genes(
     InputError
         If ``batch_key`` is missing or no batch can be fitted.
     """
-    import scanpy as sc
-
     if batch_key not in adata.obs.columns:
         raise InputError(f"obs column {batch_key!r} missing")
     X = sparse.csr_matrix(adata.X)
     labels = adata.obs[batch_key].astype(str).to_numpy()
-    norm_vars, used, skipped = [], [], {}
-    for batch, rows in _batch_rows(labels).items():
-        sub = X[rows]
-        if _variable_genes(sub) < MIN_VARIABLE_GENES:
-            skipped[batch] = f"{len(rows)} cells, too few variable genes for the loess fit"
-            continue
-        try:
-            df = sc.pp.highly_variable_genes(
-                ad.AnnData(X=sub, var=pd.DataFrame(index=adata.var_names)),
-                flavor="seurat_v3",
-                n_top_genes=n_top_genes,
-                span=span,
-                check_values=False,
-                inplace=False,
-            )
-        except ValueError as exc:  # skmisc reports a failed loess fit as ValueError
-            skipped[batch] = f"{len(rows)} cells, loess fit failed ({exc})"
-            continue
-        norm_vars.append(df["variances_norm"].to_numpy(dtype=np.float64))
-        used.append(batch)
+    fits = {
+        batch: _fit_batch(X[rows], adata.var_names, n_top_genes=n_top_genes, span=span)
+        for batch, rows in _batch_rows(labels).items()
+    }
+    return _combine(fits, *_column_mean_var(X), adata.var_names, n_top_genes, batch_key)
+
+
+def highly_variable_genes_streamed(
+    batches: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+    *,
+    labels: np.ndarray,
+    var_names: pd.Index,
+    n_top_genes: int,
+    span: float,
+    batch_key: str = "donor_id",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`highly_variable_genes` from counts streamed a few whole donors at a time.
+
+    Each donor is fitted on its own and the column moments add up exactly
+    (:class:`ColumnMoments`), so the result is the bits of
+    :func:`highly_variable_genes` on all cells at once.
+
+    Parameters
+    ----------
+    batches
+        ``(positions, counts)``: ascending positions of a batch's cells among all
+        cells and their raw CSR counts (cells x ``var_names``). A donor's cells
+        are all in one batch; every cell is in exactly one.
+    labels
+        Donor (``batch_key``) of every cell.
+    var_names
+        The genes.
+    n_top_genes, span, batch_key
+        See :func:`highly_variable_genes`.
+
+    Returns
+    -------
+    tuple
+        ``(table, info)`` as :func:`highly_variable_genes`.
+
+    Raises
+    ------
+    InputError
+        If no donor can be fitted.
+    ValueError
+        If the batches split a donor or do not cover every cell exactly once.
+    """
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    moments = ColumnMoments(len(var_names))
+    fits: dict[str, np.ndarray | str] = {}
+    seen = np.zeros(len(labels), dtype=bool)
+    for positions, counts in batches:
+        positions = np.asarray(positions)
+        if seen[positions].any():
+            raise ValueError("a cell is in more than one batch")
+        seen[positions] = True
+        X = sparse.csr_matrix(counts)
+        for batch, rows in _batch_rows(labels[positions]).items():
+            if batch in fits:
+                raise ValueError(f"{batch_key} {batch!r} is split between batches")
+            fits[batch] = _fit_batch(X[rows], var_names, n_top_genes=n_top_genes, span=span)
+        moments.add(X)
+    if not seen.all():
+        raise ValueError(f"the batches miss {int((~seen).sum())} of {len(labels)} cells")
+    fits = {batch: fits[batch] for batch in sorted(fits)}  # the order of np.unique
+    return _combine(fits, *moments.mean_var(), var_names, n_top_genes, batch_key)
+
+
+def _combine(
+    fits: dict[str, np.ndarray | str],
+    means: np.ndarray,
+    variances: np.ndarray,
+    var_names: pd.Index,
+    n_top_genes: int,
+    batch_key: str,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Combine the per-batch fits (in sorted batch order) as scanpy does."""
+    norm_vars = [v for v in fits.values() if not isinstance(v, str)]
+    used = [b for b, v in fits.items() if not isinstance(v, str)]
+    skipped = {b: v for b, v in fits.items() if isinstance(v, str)}
     for batch, reason in skipped.items():
         log.warning("HVG: batch %s skipped: %s", batch, reason)
     if not used:
@@ -140,7 +263,6 @@ def highly_variable_genes(
     nbatches = (ranked < n_top_genes).sum(axis=0)
     ranked[ranked >= n_top_genes] = np.nan
     median_rank = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
-    means, variances = _column_mean_var(X)
     table = pd.DataFrame(
         {
             "means": means,
@@ -149,7 +271,7 @@ def highly_variable_genes(
             "highly_variable_rank": median_rank,
             "highly_variable_nbatches": nbatches.astype(np.int64),
         },
-        index=adata.var_names.copy(),
+        index=var_names.copy(),
     )
     order = (
         table[["highly_variable_rank", "highly_variable_nbatches"]]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anndata as ad
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 OBS_COLUMNS = ("donor_id", "cell_type", "sex")
 #: ``preprocess.pca_solver`` values: the gene covariance matrix (all threads) or ARPACK.
 PCA_SOLVERS = ("covariance", "arpack")
+#: rows normalised at a time by :func:`preprocess_streamed` (no per-entry copy of
+#: the whole matrix)
+SCALE_ROWS = 1 << 16
 
 
 def block_genes(symbols: pd.Series, *, regex: str) -> np.ndarray:
@@ -223,18 +227,151 @@ def preprocess(
         )
     data = log_normalise(counts, columns=used, target_sum=target_sum)
     pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    return _result(
+        cells.obs,
+        adata.var,
+        hvg,
+        hvg_info,
+        blocked=blocked,
+        used=used,
+        pca=pca,
+        totals=totals,
+        target_sum=target_sum,
+        n_top_genes=n_top_genes,
+        hvg_span=hvg_span,
+        n_comps=n_comps,
+        pca_solver=pca_solver,
+    )
 
-    obs = cells.obs.loc[:, list(OBS_COLUMNS)].copy()
+
+def preprocess_streamed(
+    batches: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+    read_columns: Callable[[np.ndarray], sparse.csr_matrix],
+    *,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    target_sum: float,
+    n_top_genes: int,
+    hvg_span: float,
+    blocklist_regex: str,
+    n_comps: int,
+    seed: int,
+    pca_solver: str = "covariance",
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """:func:`preprocess` on counts read in two passes, never all genes at once.
+
+    The first pass streams the counts a few whole donors at a time: the HVG fits
+    (:func:`immune_aging.analysis.hvg.highly_variable_genes_streamed`) and each
+    cell's total. The second reads only the columns of the PCA genes of every
+    cell, normalises them with those totals and log1p-transforms them in place.
+    The result is the bits of :func:`preprocess` on the same cells.
+
+    Parameters
+    ----------
+    batches
+        ``(positions, counts)``: ascending positions of a batch's cells in ``obs``
+        and their raw CSR counts (cells x ``var``); a donor's cells all in one
+        batch, every cell in exactly one.
+    read_columns
+        Given a boolean mask over ``var``, returns the raw counts of those genes
+        of every cell of ``obs``, in order (CSR, a new matrix: it is modified).
+    obs
+        The cells (all kept by QC), with ``donor_id``, ``cell_type`` and ``sex``.
+    var
+        The genes, with ``feature_name``.
+    target_sum, n_top_genes, hvg_span, blocklist_regex, n_comps, seed, pca_solver
+        See ``params.yaml: preprocess``.
+
+    Returns
+    -------
+    tuple
+        ``(result, info)`` as :func:`preprocess`.
+    """
+    missing = [c for c in OBS_COLUMNS if c not in obs.columns]
+    if missing:
+        raise InputError(f"obs column {missing[0]!r} missing")
+    if "feature_name" not in var.columns:
+        raise InputError("var column 'feature_name' missing")
+    if len(obs) == 0:
+        raise InputError("no cell is kept by QC")
+    blocked = block_genes(var["feature_name"], regex=blocklist_regex)
+    totals = np.full(len(obs), np.nan)
+
+    def with_totals() -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
+        for positions, counts in batches:
+            # per row, as log_normalise sums the whole matrix
+            totals[positions] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+            yield positions, counts
+
+    hvg, hvg_info = hvg_select.highly_variable_genes_streamed(
+        with_totals(),
+        labels=obs["donor_id"].astype(str).to_numpy(),
+        var_names=var.index,
+        n_top_genes=n_top_genes,
+        span=hvg_span,
+        batch_key="donor_id",
+    )
+    used = hvg["highly_variable"].to_numpy() & ~blocked
+    if not used.any():
+        raise InputError(
+            "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
+        )
+    data = sparse.csr_matrix(read_columns(used))
+    if data.shape != (len(obs), int(used.sum())):
+        raise ValueError(f"read_columns returned {data.shape}, not {(len(obs), int(used.sum()))}")
+    data = data.astype(np.float32) if data.dtype != np.float32 else data
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    scale = scale.astype(np.float32)
+    for lo in range(0, data.shape[0], SCALE_ROWS):
+        hi = min(lo + SCALE_ROWS, data.shape[0])
+        a, b = int(data.indptr[lo]), int(data.indptr[hi])
+        data.data[a:b] *= np.repeat(scale[lo:hi], np.diff(data.indptr[lo : hi + 1]))
+    np.log1p(data.data, out=data.data)
+    pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
+    return _result(
+        obs,
+        var,
+        hvg,
+        hvg_info,
+        blocked=blocked,
+        used=used,
+        pca=pca,
+        totals=totals,
+        target_sum=target_sum,
+        n_top_genes=n_top_genes,
+        hvg_span=hvg_span,
+        n_comps=n_comps,
+        pca_solver=pca_solver,
+    )
+
+
+def _result(
+    obs: pd.DataFrame,
+    var_in: pd.DataFrame,
+    hvg: pd.DataFrame,
+    hvg_info: dict[str, Any],
+    *,
+    blocked: np.ndarray,
+    used: np.ndarray,
+    pca: dict[str, np.ndarray],
+    totals: np.ndarray,
+    target_sum: float,
+    n_top_genes: int,
+    hvg_span: float,
+    n_comps: int,
+    pca_solver: str,
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """Assemble the AnnData and summary of :func:`preprocess`."""
+    obs = obs.loc[:, list(OBS_COLUMNS)].copy()
     for col in OBS_COLUMNS:
         if isinstance(obs[col].dtype, pd.CategoricalDtype):
             obs[col] = obs[col].cat.remove_unused_categories()
-    obs["total_counts"] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    var = pd.concat(
-        [adata.var[["feature_name"]].astype(str), hvg.set_axis(adata.var_names)], axis=1
-    )
+    obs["total_counts"] = totals
+    var = pd.concat([var_in[["feature_name"]].astype(str), hvg.set_axis(var_in.index)], axis=1)
     var["blocked"] = blocked
     var["used_for_pca"] = used
-    pcs = np.zeros((adata.n_vars, n_comps), dtype=pca["PCs"].dtype)
+    pcs = np.zeros((len(var_in), n_comps), dtype=pca["PCs"].dtype)
     pcs[used] = pca["PCs"]
     hvg_uns = {
         "flavor": "seurat_v3",

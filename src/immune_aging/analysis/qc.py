@@ -20,12 +20,17 @@ Order of operations, per cell:
 
 3. Doublets with Scrublet per group, on the cells that passed every threshold
    rule (:mod:`immune_aging.analysis.doublets`).
+
+Every step is per cell or per group, so :func:`qc_batches` runs them on batches
+of whole groups (the counts of one batch in memory at a time) with the same
+result as :func:`qc_cells` on all cells at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -338,3 +343,136 @@ def summary(
         "thresholds": thresholds,
         "group_key": group_key,
     }
+
+
+def qc_cells(
+    adata: ad.AnnData,
+    *,
+    group_key: str,
+    thresholds: Literal["fixed", "mad"],
+    min_genes: int,
+    max_genes: int,
+    min_counts: int,
+    max_counts: int,
+    max_pct_mt: float,
+    max_pct_hb: float,
+    n_mads: float,
+    expected_doublet_rate: float,
+    min_cells_scrublet: int,
+    seed: int,
+    n_jobs: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Run QC on cells whose counts are all in memory: metrics, rules, doublets.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X``, obs ``group_key``, var ``feature_name`` (not modified).
+    group_key
+        obs column of the Scrublet and MAD groups (donor or pool).
+    thresholds, min_genes, max_genes, min_counts, max_counts, max_pct_mt, max_pct_hb, n_mads
+        See :func:`threshold_rules`.
+    expected_doublet_rate, min_cells_scrublet, seed, n_jobs
+        See :func:`immune_aging.analysis.doublets.detect_doublets` (``min_cells``).
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        ``(table, fails, limits, groups)``: the :func:`qc_table` (one row per cell,
+        in order), the threshold rule columns, the limits of
+        :func:`threshold_rules` and the per-group Scrublet summary (groups sorted).
+    """
+    from immune_aging.analysis import doublets
+
+    groups = adata.obs[group_key]
+    metrics = qc_metrics(adata)
+    fails, limits = threshold_rules(
+        metrics,
+        groups=groups,
+        thresholds=thresholds,
+        min_genes=min_genes,
+        max_genes=max_genes,
+        min_counts=min_counts,
+        max_counts=max_counts,
+        max_pct_mt=max_pct_mt,
+        max_pct_hb=max_pct_hb,
+        n_mads=n_mads,
+    )
+    cells, scrublet_groups = doublets.detect_doublets(
+        adata,
+        groups=groups,
+        eligible=~fails.any(axis=1).to_numpy(),
+        expected_doublet_rate=expected_doublet_rate,
+        min_cells=min_cells_scrublet,
+        seed=seed,
+        n_jobs=n_jobs,
+    )
+    return qc_table(metrics, fails, cells), fails, limits, scrublet_groups
+
+
+def qc_batches(
+    batches: Iterable[tuple[np.ndarray, Any]],
+    *,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    group_key: str,
+    **kwargs: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Run :func:`qc_cells` batch by batch, each batch a set of whole groups.
+
+    Metrics and threshold rules are per cell and per group, and Scrublet runs per
+    group, so the result is the same as :func:`qc_cells` on all cells at once;
+    only one batch's counts are held at a time.
+
+    Parameters
+    ----------
+    batches
+        ``(positions, counts)`` per batch: ascending positions of its cells in
+        ``obs`` and their raw counts (cells x ``var``). Every group's cells are in
+        one batch; every cell is in exactly one.
+    obs
+        Annotations of all cells (index: cell IDs), with ``group_key``.
+    var
+        Genes of the counts, with ``feature_name``.
+    group_key
+        obs column of the groups.
+    **kwargs
+        The other arguments of :func:`qc_cells`.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        As :func:`qc_cells`: cells in ``obs`` order, groups and limits sorted by
+        group.
+
+    Raises
+    ------
+    ValueError
+        If the batches split a group or do not cover every cell exactly once.
+    """
+    labels = pd.Series(obs[group_key]).astype(str).to_numpy()
+    parts: list[tuple[pd.DataFrame, ...]] = []
+    where: list[np.ndarray] = []
+    for positions, counts in batches:
+        positions = np.asarray(positions)
+        adata = ad.AnnData(X=counts, obs=obs.iloc[positions], var=var)
+        parts.append(qc_cells(adata, group_key=group_key, **kwargs))
+        where.append(positions)
+    order = np.concatenate(where) if where else np.zeros(0, dtype=np.int64)
+    if len(order) != len(obs) or not np.array_equal(np.sort(order), np.arange(len(obs))):
+        raise ValueError(f"the batches hold {len(order)} cells, not each of {len(obs)} once")
+    seen = [set(labels[p]) for p in where]
+    if sum(len(s) for s in seen) != len(set().union(*seen)):
+        raise ValueError("a group is split between batches")
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    table = pd.concat([p[0] for p in parts]).iloc[inverse]
+    fails = pd.concat([p[1] for p in parts]).iloc[inverse]
+    if list(parts[0][2].index) == ["all"]:  # fixed limits: the same in every batch
+        limits = parts[0][2]
+    else:
+        limits = pd.concat([p[2] for p in parts])
+        limits = limits.iloc[np.argsort(limits.index.to_numpy().astype(str), kind="stable")]
+    groups = pd.concat([p[3] for p in parts], ignore_index=True)
+    groups = groups.iloc[np.argsort(groups["group"].to_numpy().astype(str), kind="stable")]
+    return table, fails, limits, groups.reset_index(drop=True)

@@ -3,7 +3,11 @@
 Reads from the input file only the counts of the cells QC kept, of the genes the
 ``filter`` stage selected (:func:`immune_aging.counts.read_selection`), and writes
 ``pca.h5ad`` without an ``X`` matrix: the embedding, the gene table and the
-loadings only (later stages read counts through the selection). The method is
+loadings only (later stages read counts through the selection). The counts are
+read twice, never all at once: a batch of whole donors at a time (at most
+:data:`immune_aging.counts.BATCH_CELLS` cells unless one donor has more) for the
+HVG fits and the cells' totals, then only the PCA genes' columns of every cell
+(:func:`immune_aging.analysis.preprocess.preprocess_streamed`). The method is
 described in :mod:`immune_aging.analysis.preprocess`.
 """
 
@@ -12,7 +16,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import anndata as ad
 import numpy as np
 
 from immune_aging import counts, io, provenance, stage
@@ -35,11 +38,22 @@ def body(args, params: PreprocessParams) -> None:
     """Select HVGs, normalise, run PCA; write the embedding without X."""
     chosen = counts.read_selection(args.selection, args.raw)
     keep = counts.read_keep(args.cells, chosen.obs_names, args.selection)
-    adata = ad.AnnData(X=chosen.read(keep), obs=chosen.obs.loc[keep].copy(), var=chosen.var)
-    log.info("%d of %d cells kept by QC", adata.n_obs, len(keep))
-    result, info = preprocess.preprocess(
-        adata,
-        keep=np.ones(adata.n_obs, dtype=bool),
+    obs = chosen.obs.loc[keep].copy()
+    log.info("%d of %d cells kept by QC", len(obs), len(keep))
+
+    def batches():  # lazy: preprocess_streamed checks the obs columns first
+        labels = obs["donor_id"].astype(str).to_numpy()
+        yield from chosen.read_batches(labels, keep=keep, label="HVG batch (donor_id)")
+
+    def read_columns(genes: np.ndarray):
+        log.info("reading the counts of %d PCA genes of %d cells", int(genes.sum()), len(obs))
+        return chosen.read(keep, genes=genes)
+
+    result, info = preprocess.preprocess_streamed(
+        batches(),
+        read_columns,
+        obs=obs,
+        var=chosen.var,
         target_sum=params.target_sum,
         n_top_genes=params.n_top_genes,
         hvg_span=params.hvg_span,

@@ -4,7 +4,10 @@ Reads the raw counts of the cells and genes the ``filter`` stage selected from
 the input file (:func:`immune_aging.counts.read_selection`), and writes a per-cell
 table (``cells.parquet``), not a copy of the count matrix: later stages read the
 counts through the selection and keep the cells whose ``keep`` is true. The
-method is described in :mod:`immune_aging.analysis.qc` and
+counts are read a batch of whole groups (``qc.pool_key`` or donors) at a time,
+at most :data:`immune_aging.counts.BATCH_CELLS` cells unless one group has more
+(:func:`immune_aging.analysis.qc.qc_batches`), so memory is one batch's counts
+plus the per-cell table. The method is described in :mod:`immune_aging.analysis.qc` and
 :mod:`immune_aging.analysis.doublets`.
 """
 
@@ -13,10 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import anndata as ad
-
 from immune_aging import counts, io, stage
-from immune_aging.analysis import doublets, qc, qc_plots
+from immune_aging.analysis import qc, qc_plots
 from immune_aging.errors import InputError
 from immune_aging.params import QcParams
 from immune_aging.threads import n_threads
@@ -38,13 +39,12 @@ def body(args, params: QcParams) -> None:
     group_key = params.pool_key or "donor_id"
     hint = " (qc.pool_key)" if params.pool_key else ""
     stage.require(chosen, args.selection, hint=hint, obs=[group_key])
-    adata = ad.AnnData(X=chosen.read(), obs=chosen.obs, var=chosen.var)
-    groups = adata.obs[group_key]
-
-    metrics = qc.qc_metrics(adata)
-    fails, limits = qc.threshold_rules(
-        metrics,
-        groups=groups,
+    labels = chosen.obs[group_key].astype(str).to_numpy()
+    table, fails, limits, scrublet_groups = qc.qc_batches(
+        chosen.read_batches(labels, label=f"QC batch ({group_key})"),
+        obs=chosen.obs,
+        var=chosen.var,
+        group_key=group_key,
         thresholds=params.thresholds,
         min_genes=params.min_genes,
         max_genes=params.max_genes,
@@ -53,17 +53,11 @@ def body(args, params: QcParams) -> None:
         max_pct_mt=params.max_pct_mt,
         max_pct_hb=params.max_pct_hb,
         n_mads=params.n_mads,
-    )
-    cells, scrublet_groups = doublets.detect_doublets(
-        adata,
-        groups=groups,
-        eligible=~fails.any(axis=1).to_numpy(),
         expected_doublet_rate=params.expected_doublet_rate,
-        min_cells=params.min_cells_scrublet,
+        min_cells_scrublet=params.min_cells_scrublet,
         seed=params.seed,
         n_jobs=n_threads(),
     )
-    table = qc.qc_table(metrics, fails, cells)
     if not table["keep"].any():
         worst = fails.sum().idxmax().removeprefix("fail_")
         raise InputError(
