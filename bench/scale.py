@@ -211,6 +211,9 @@ def bench(
         "stages": per_stage,
         "load_average_before_after": [round(x, 1) for x in (*load_before, *load_after)],
         "machine": machine(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
     }
     if not keep:
         shutil.rmtree(root.parent)
@@ -277,7 +280,8 @@ def markdown(results: Path) -> str:
             + (f", until `{r['until']}`" if r.get("until") else ""),
             "",
             f"{m['platform']}, Python {m['python']}, {m['cores']} cores, {m['memory']}; "
-            f"threads {r['threads']}; load average before/after (1, 5, 15 min): "
+            f"commit {r.get('commit', '?')}; threads {r['threads']}; "
+            "load average before/after (1, 5, 15 min): "
             f"{r['load_average_before_after']}. `dvc repro` {r['repro_wall_s']} s wall; "
             f"no-op `dvc repro` {r['noop_repro_s']} s; peak {r['peak_mb']:,.0f} MiB; "
             "checkpoints excluding the raw input "
