@@ -2,8 +2,9 @@
 
 Usage::
 
-    python bench/compression.py data/filter/filtered.h5ad
-    python bench/compression.py data/filter/filtered.h5ad --simulate-donors 200
+    python bench/compression.py data/raw/dataset.h5ad
+    python bench/compression.py data/preprocess/pca.h5ad data/pseudobulk/pseudobulk.h5ad
+    python bench/compression.py --simulate-donors 200
 
 Each input is read into memory once, then written and read back ``--repeats``
 times with each codec (files under bench/scratch/, git-ignored); the median
@@ -28,6 +29,8 @@ from typing import Any
 
 import anndata as ad
 import hdf5plugin
+import numpy as np
+from scipy import sparse
 
 import immune_aging  # noqa: F401  (sets thread variables before numpy work)
 from immune_aging import io
@@ -50,11 +53,20 @@ CODECS: dict[str, dict[str, Any]] = {
 CHOICE = """
 ## Choice
 
-`immune_aging.io.H5AD_COMPRESSION` stays **zstd level 3** (through hdf5plugin): files as
-small as gzip-4's or smaller, several times faster to write than gzip-4 and faster to read;
-zstd-9 saves about another 10 % but writes about 5x slower, and lzf is both bigger and
-slower here. Uncompressed files write and read fastest when they fit the page cache, at
-3.7x the size. Every reader must `import hdf5plugin` first (`immune_aging.io` does).
+Two settings in `immune_aging.io`:
+
+- `OUTPUT_COMPRESSION`, the h5ad files the stages write (`selection.h5ad`, `pca.h5ad`,
+  `embedding.h5ad`, `pseudobulk.h5ad`): **gzip level 4**. gzip is built into every HDF5
+  reader, so the files open in a plain `anndata.read_h5ad` without hdf5plugin; on these
+  files (bench/results/compression-outputs.md) gzip-4 is within 5 % of zstd-3's size
+  and takes a few seconds longer to write (2.5-4x zstd-3's time) and 1.4x as long to read.
+- `H5AD_COMPRESSION`, the simulated input's count matrix: **zstd level 3** (through
+  hdf5plugin): as small as gzip-4 or smaller and 3-4x faster to write (the tables
+  above), which counts at OneK1K's size; reading it needs `import hdf5plugin`
+  (`immune_aging.io` does). zstd-9 saves about another 10 % but writes about 5x slower,
+  and lzf is both bigger and slower here. Uncompressed files write and read fastest when
+  they fit the page cache, at 3.7x the size.
+
 anndata writes sparse arrays in small HDF5 chunks (about 20 k values); 256 k-value chunks
 gave files about 10 % smaller at the same speed in a side test, but `write_h5ad` does not
 expose the chunk size.
@@ -75,7 +87,9 @@ def measure(adata: ad.AnnData, name: str, repeats: int) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             back = ad.read_h5ad(path)
             reads.append(time.perf_counter() - t0)
-        assert back.shape == adata.shape and (back.X != adata.X).nnz == 0
+        assert back.shape == adata.shape
+        if sparse.issparse(adata.X):
+            assert (back.X != adata.X).nnz == 0
         rows.append(
             {
                 "codec": codec,
@@ -114,15 +128,22 @@ def simulated_filtered(n_donors: int) -> ad.AnnData:
         min_cells_per_celltype=rules.min_cells_per_celltype,
         percent_donors=rules.percent_donors,
     )
-    return filtering.assemble_filtered(adata.X[sel.keep], adata.obs.loc[sel.keep], adata.var)
+    kept = adata[sel.keep].copy()
+    kept.X = sparse.csr_matrix(kept.X, dtype=np.float32)
+    return kept[:, np.asarray(kept.X.sum(axis=0)).ravel() > 0].copy()
 
 
 def table(name: str, adata: ad.AnnData, rows: list[dict[str, Any]]) -> str:
     """Format one dataset's results as a Markdown table."""
     base = next(r for r in rows if r["codec"] == "none")
+    if adata.X is None:
+        content = "no X"
+    elif sparse.issparse(adata.X):
+        content = f"{adata.X.nnz:,} stored counts"
+    else:
+        content = "dense X"
     lines = [
-        f"### {name}: {adata.n_obs:,} cells x {adata.n_vars:,} genes, "
-        f"{adata.X.nnz:,} stored counts",
+        f"### {name}: {adata.n_obs:,} obs x {adata.n_vars:,} vars, {content}",
         "",
         "| codec | size (MB) | vs none | write (s) | read (s) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -148,7 +169,7 @@ def table(name: str, adata: ad.AnnData, rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the Markdown report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("inputs", nargs="*", type=Path, help="h5ad files (e.g. filtered.h5ad)")
+    p.add_argument("inputs", nargs="*", type=Path, help="h5ad files (e.g. pca.h5ad)")
     p.add_argument("--simulate-donors", type=int, default=0, help="add a simulated dataset")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compression.md")

@@ -521,3 +521,37 @@ def make_pseudobulk(
         index=[f"ENSG{i:011d}" for i in range(n_genes)],
     )
     return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+
+
+def write_selected(
+    adata: ad.AnnData,
+    folder: Path | str = ".",
+    *,
+    source: ad.AnnData | None = None,
+    raw: str = "dataset.h5ad",
+    selection: str = "selection.h5ad",
+) -> tuple[Path, Path]:
+    """Write an input file and a filter selection of the cells and genes of ``adata``.
+
+    The input is ``source`` (which holds the cells and genes of ``adata`` among
+    others), or ``adata`` itself. The selection is the ``filter`` stage's format
+    (obs with ``row``, var with ``column``, ``uns['selection']``), carrying every
+    obs and var column of ``adata``. Returns the paths ``(raw, selection)``.
+    """
+    from immune_aging import io
+    from immune_aging.counts import COLUMN, ROW, SELECTION_UNS
+
+    source = adata if source is None else source
+    folder = Path(folder)
+    for path in (folder / raw, folder / selection):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_h5ad(source, folder / raw)
+    rows = source.obs_names.get_indexer(adata.obs_names).astype(np.int64)
+    columns = source.var_names.get_indexer(adata.var_names).astype(np.int64)
+    assert (rows >= 0).all() and (columns >= 0).all()
+    chosen = ad.AnnData(
+        obs=adata.obs.assign(**{ROW: rows}), var=adata.var.assign(**{COLUMN: columns})
+    )
+    chosen.uns[SELECTION_UNS] = {"location": "X", "n_obs": source.n_obs, "n_vars": source.n_vars}
+    io.write_h5ad(chosen, folder / selection)
+    return folder / raw, folder / selection

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ import scipy.sparse as sp
 import yaml
 from tests.builders import fork_stage, warm_up
 
-from immune_aging import io, synthetic
+from immune_aging import counts, io, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,7 @@ def normalised(x: sp.csr_matrix) -> sp.csr_matrix:
 def make_inputs(folder: Path) -> Inputs:
     """Write the valid inputs into ``folder`` and return their bytes.
 
-    ``counts-x`` is written by the pipeline's writer (zstd); ``cellxgene-raw``
+    ``counts-x`` is written by the pipeline's writer (gzip); ``cellxgene-raw``
     (normalised ``X``, raw counts in ``raw.X``, ``uns`` strings) by anndata's
     defaults, uncompressed, as CELLxGENE's files are.
     """
@@ -341,7 +342,10 @@ def validate_output(stage: str, root: Path) -> str | None:
                 return f"metrics counts = {metrics['counts']!r}"
         elif stage == "filter":
             metrics = json.loads((root / "metrics/filter.json").read_text())
-            adata = io.read_h5ad(root / "data/filter/filtered.h5ad")
+            chosen = counts.read_selection(
+                root / "data/filter/selection.h5ad", root / "data/raw/dataset.h5ad"
+            )
+            adata = ad.AnnData(X=chosen.read(), obs=chosen.obs, var=chosen.var)
             x = adata.X
             if not sp.isspmatrix_csr(x) or x.dtype != np.float32:
                 return f"X is {type(x).__name__} {x.dtype}"

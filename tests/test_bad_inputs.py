@@ -45,6 +45,7 @@ from tests.builders import (
     tiny_params,
     warm_up,
     write_params,
+    write_selected,
 )
 
 from immune_aging import io, runlog, validate
@@ -169,8 +170,20 @@ def one_type_per_donor(adata: ad.AnnData) -> None:
     adata.obs["cell_type"] = pd.Categorical(types[index[donors].to_numpy() % len(types)])
 
 
-def filtered_and_cells(*stage_labels: str) -> Callable[[Path, Kit], None]:
-    """Set-up writing filtered.h5ad and cells.parquet (every cell kept) for pseudobulk.
+RAW = "data/raw/dataset.h5ad"
+SELECTION = "data/filter/selection.h5ad"
+
+
+def write_cells(root: Path, cell_ids: pd.Index) -> None:
+    """Write data/qc/cells.parquet keeping every cell."""
+    cells = pd.DataFrame({"keep": np.ones(len(cell_ids), dtype=bool)}, index=cell_ids)
+    cells.index.name = "cell_id"
+    (root / "data/qc").mkdir(parents=True, exist_ok=True)
+    io.write_parquet(cells, root / "data/qc/cells.parquet")
+
+
+def selection_and_cells(*stage_labels: str) -> Callable[[Path, Kit], None]:
+    """Set-up writing the input, a selection of all of it and cells.parquet (all kept).
 
     Given ``stage_labels``, donors get them in turn as their development stage.
     """
@@ -183,14 +196,55 @@ def filtered_and_cells(*stage_labels: str) -> Callable[[Path, Kit], None]:
             order = {d: i for i, d in enumerate(sorted(donors.unique()))}
             labels = [stage_labels[order[d] % len(stage_labels)] for d in donors]
             obs["development_stage"] = pd.Categorical(labels)
-        filtered = ad.AnnData(X=adata.X, obs=obs, var=adata.var[["feature_name"]].copy())
-        write_h5ad(filtered, root / "data/filter/filtered.h5ad")
-        cells = pd.DataFrame({"keep": np.ones(adata.n_obs, dtype=bool)}, index=adata.obs_names)
-        cells.index.name = "cell_id"
-        (root / "data/qc").mkdir(parents=True, exist_ok=True)
-        io.write_parquet(cells, root / "data/qc/cells.parquet")
+        kept = ad.AnnData(X=adata.X, obs=obs, var=adata.var[["feature_name"]].copy())
+        write_selected(kept, root, raw=RAW, selection=SELECTION)
+        write_cells(root, adata.obs_names)
 
     return setup
+
+
+def selection_of_another_input(
+    edit: Callable[[ad.AnnData], ad.AnnData], *, cells: bool = False
+) -> Callable[[Path, Kit], None]:
+    """Set-up writing a selection of the tiny dataset, then ``edit(dataset)`` as the input.
+
+    With ``cells``, cells.parquet too (for the stages after qc).
+    """
+
+    def setup(root: Path, kit: Kit) -> None:
+        adata = kit.data()
+        write_selected(adata, root, raw=RAW, selection=SELECTION)
+        write_h5ad(edit(adata), root / RAW)
+        if cells:
+            write_cells(root, adata.obs_names)
+
+    return setup
+
+
+def fewer_cells(adata: ad.AnnData) -> ad.AnnData:
+    return adata[1:].copy()
+
+
+def renamed_cell(adata: ad.AnnData) -> ad.AnnData:
+    names = adata.obs_names.to_list()
+    names[3] = "AAAAAAAAAAAAAAAA-9"
+    adata.obs_names = names
+    return adata
+
+
+def renamed_gene(adata: ad.AnnData) -> ad.AnnData:
+    names = adata.var_names.to_list()
+    names[1] = "ENSG00000000000"
+    adata.var_names = names
+    return adata
+
+
+def not_a_selection(root: Path, kit: Kit) -> None:
+    """Set-up placing a copy of the counts (no selection) where the selection belongs."""
+    adata = kit.data()
+    write_h5ad(adata, root / RAW)
+    write_h5ad(adata, root / SELECTION)
+    write_cells(root, adata.obs_names)
 
 
 def pseudobulk(groups: list[tuple[str, list[float]]]) -> Callable[[Path, Kit], None]:
@@ -470,22 +524,52 @@ CASES = [
         params={"filter": {"percent_donors": 0.2}},
         setup=with_counts(one_type_per_donor),
     ),
+    # the filter's selection read against the input (qc is its first reader)
+    Case(
+        "selection-other-shape",
+        "qc",
+        "error: qc: data/filter/selection.h5ad: made from an input of 2462 cells x 700 genes, "
+        "but data/raw/dataset.h5ad has 2461 x 700: rerun the filter stage",
+        setup=selection_of_another_input(fewer_cells),
+    ),
+    Case(
+        "selection-other-cells",
+        "qc",
+        "error: qc: data/filter/selection.h5ad: cell 'CGAAAACCCAATATCT-1' is 'AAAAAAAAAAAAAAAA-9' in "
+        "data/raw/dataset.h5ad (position 3): made from another input, rerun the filter stage",
+        setup=selection_of_another_input(renamed_cell),
+    ),
+    Case(
+        "selection-other-genes",
+        "preprocess",
+        "error: preprocess: data/filter/selection.h5ad: gene 'ENSG00000100581' is "
+        "'ENSG00000000000' in data/raw/dataset.h5ad (position 1): made from another input, "
+        "rerun the filter stage",
+        setup=selection_of_another_input(renamed_gene, cells=True),
+    ),
+    Case(
+        "selection-not-a-selection",
+        "pseudobulk",
+        "error: pseudobulk: data/filter/selection.h5ad: uns 'selection' (location, n_obs, "
+        "n_vars) missing: not a selection of the filter stage",
+        setup=not_a_selection,
+    ),
     Case(
         "pseudobulk-no-cell-type",
         "pseudobulk",
-        "error: pseudobulk: data/filter/filtered.h5ad: no cell type has 1000 samples of >= 5 "
+        "error: pseudobulk: data/filter/selection.h5ad: no cell type has 1000 samples of >= 5 "
         "cells (pseudobulk.min_samples_per_cell_type, pseudobulk.min_cells)",
         params={"pseudobulk": {"min_samples_per_cell_type": 1000}},
-        setup=filtered_and_cells(),
+        setup=selection_and_cells(),
     ),
     # ages and differential expression
     Case(
         "ages-all-unknown",
         "pseudobulk",
-        "error: pseudobulk: data/filter/filtered.h5ad: obs column 'development_stage' gives "
+        "error: pseudobulk: data/filter/selection.h5ad: obs column 'development_stage' gives "
         "no donor a known age (all 14 donors unknown); the de and predict stages need donor "
         "ages",
-        setup=filtered_and_cells("unknown", "adult stage", ""),
+        setup=selection_and_cells("unknown", "adult stage", ""),
     ),
     Case(
         "de-every-cell-type-skipped",

@@ -84,6 +84,137 @@ def test_read_counts_refuses_a_mask_of_another_length(tmp_path):
         counts.read_counts(path, "X", np.ones(3, dtype=bool))
 
 
+@pytest.mark.parametrize("layout", ["csr", "csc", "dense"])
+def test_read_counts_reads_the_genes_asked_for(tmp_path, layout, monkeypatch):
+    path = write(tmp_path, layout=layout)
+    keep = np.array([True, False, True, True])
+    genes = np.array([False, True, True, True])
+    matrix, read = counts.read_counts(path, "X", keep, genes=genes, drop_empty_genes=False)
+    assert read.tolist() == genes.tolist()
+    np.testing.assert_array_equal(matrix.toarray(), X[keep][:, genes])
+    assert matrix.dtype == np.float32 and matrix.has_sorted_indices
+    expressed, read = counts.read_counts(path, "X", keep, genes=genes)
+    assert read.tolist() == [False, False, True, True]  # G1 has no count
+    np.testing.assert_array_equal(expressed.toarray(), X[keep][:, read])
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 1)
+    blocks = list(counts.kept_blocks(path, "X", keep, genes=genes))
+    assert [b.counts.shape for b in blocks] == [(1, 3)] * 3
+    parts, _ = counts.read_counts(path, "X", keep, genes=genes, drop_empty_genes=False)
+    assert (parts != matrix).nnz == 0
+    with pytest.raises(InputError, match="X has 4 columns, var has 3"):
+        counts.read_counts(path, "X", keep, genes=genes[1:])
+
+
+def test_expressed_genes_streams_the_kept_cells(tmp_path):
+    path = write(tmp_path)
+    assert counts.expressed_genes(path, "X", np.ones(4, bool)).tolist() == [1, 0, 1, 1]
+    assert counts.expressed_genes(path, "X", np.array([1, 1, 0, 0], bool)).tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]
+
+
+def write_selection(tmp_path, source, keep, genes, location="X"):
+    from immune_aging.analysis import filtering
+
+    adata = io.read_h5ad(source, backed=True)
+    try:
+        obs = adata.obs.assign(donor_id="d", cell_type="t", development_stage="s", sex="female")
+        var = adata.var.copy()
+    finally:
+        adata.file.close()
+    chosen = filtering.assemble_selection(
+        obs, var, keep=np.asarray(keep, bool), genes=np.asarray(genes, bool), location=location
+    )
+    io.write_h5ad(chosen, tmp_path / "selection.h5ad")
+    return tmp_path / "selection.h5ad"
+
+
+def test_read_selection_reads_the_source_counts(tmp_path, monkeypatch):
+    source = write(tmp_path)
+    path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1])
+    chosen = counts.read_selection(path, source)
+    assert chosen.obs_names.tolist() == ["a", "c", "d"]
+    assert "row" not in chosen.obs.columns and "column" not in chosen.var.columns
+    assert chosen.rows.tolist() == [0, 2, 3] and chosen.columns.tolist() == [0, 2, 3]
+    np.testing.assert_array_equal(chosen.read().toarray(), X[[0, 2, 3]][:, [0, 2, 3]])
+    subset = np.array([False, True, True])
+    np.testing.assert_array_equal(chosen.read(subset).toarray(), X[[2, 3]][:, [0, 2, 3]])
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 1)
+    blocks = list(chosen.blocks(subset))
+    assert [b[0].tolist() for b in blocks] == [[1], [2]]  # positions in the selection
+    assert all(b[1].dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(
+        sparse.vstack([b[1] for b in blocks]).toarray(), X[[2, 3]][:, [0, 2, 3]]
+    )
+
+
+def test_read_selection_reads_raw_x(tmp_path):
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(np.log1p(X)),
+        obs=pd.DataFrame(index=CELLS),
+        var=pd.DataFrame({"feature_name": list("WXYZ")}, index=[f"G{i}" for i in range(4)]),
+    )
+    adata.raw = ad.AnnData(X=sparse.csr_matrix(X), obs=adata.obs, var=adata.var)
+    io.write_h5ad(adata, tmp_path / "x.h5ad")
+    path = write_selection(tmp_path, tmp_path / "x.h5ad", [1, 1, 1, 1], [1, 0, 1, 1], "raw.X")
+    chosen = counts.read_selection(path, tmp_path / "x.h5ad")
+    np.testing.assert_array_equal(chosen.read().toarray(), X[:, [0, 2, 3]])
+
+
+def test_read_selection_refuses_another_source(tmp_path):
+    source = write(tmp_path)
+    path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1])
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "x.h5ad"
+    io.write_h5ad(ad.read_h5ad(source)[:3].copy(), other)  # one cell fewer
+    with pytest.raises(InputError) as err:
+        counts.read_selection(path, other)
+    assert str(err.value) == (
+        f"{path}: made from an input of 4 cells x 4 genes, but {other} has 3 x 4: "
+        "rerun the filter stage"
+    )
+    renamed = ad.read_h5ad(source)
+    renamed.obs_names = ["a", "b", "x", "d"]
+    io.write_h5ad(renamed, tmp_path / "other" / "renamed.h5ad")
+    with pytest.raises(InputError) as err:
+        counts.read_selection(path, tmp_path / "other" / "renamed.h5ad")
+    assert str(err.value) == (
+        f"{path}: cell 'c' is 'x' in {tmp_path / 'other' / 'renamed.h5ad'} (position 2): "
+        "made from another input, rerun the filter stage"
+    )
+    renamed = ad.read_h5ad(source)
+    renamed.var_names = ["G0", "G1", "G2", "G9"]
+    io.write_h5ad(renamed, tmp_path / "other" / "genes.h5ad")
+    with pytest.raises(InputError, match=r"gene 'G3' is 'G9' in .* \(position 3\)"):
+        counts.read_selection(path, tmp_path / "other" / "genes.h5ad")
+    raw_path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1], "raw.X")
+    with pytest.raises(InputError, match=r"made from the counts in raw.X, but .* has no raw.X"):
+        counts.read_selection(raw_path, source)
+
+
+def test_read_selection_refuses_a_file_that_is_not_one(tmp_path):
+    source = write(tmp_path)
+    with pytest.raises(InputError) as err:
+        counts.read_selection(source, source)
+    assert str(err.value) == (
+        f"{source}: uns 'selection' (location, n_obs, n_vars) missing: not a selection of the "
+        "filter stage"
+    )
+    path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1])
+    broken = ad.read_h5ad(path)
+    broken.obs["row"] = [0, 3, 2]
+    io.write_h5ad(broken, path)
+    with pytest.raises(InputError, match=r"obs column 'row' is not strictly ascending$"):
+        counts.read_selection(path, source)
+    broken.obs["row"] = [0, 2, 4]
+    io.write_h5ad(broken, path)
+    with pytest.raises(InputError, match=r"obs column 'row' holds positions outside 0..3$"):
+        counts.read_selection(path, source)
+
+
 @pytest.mark.parametrize(
     ("values", "problem"),
     [

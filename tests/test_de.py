@@ -279,3 +279,60 @@ def test_unknown_sex_is_a_level_of_its_own_in_the_design():
     assert metadata["sex"].astype(str).tolist()[:2] == ["unknown", "unknown"]
     # neither counted as female nor as male
     assert (metadata["sex"] == "female").sum() == (sexes[2:] == "female").sum()
+
+
+def test_genes_below_min_mean_count_are_not_tested_and_counted():
+    adata = make_pseudobulk(extra=False)
+    x = adata.X.toarray()
+    x[:, 5] = 1  # 10 counts in all: above min_total_count=10, mean 1 per donor
+    adata.X = sp.csr_matrix(x)
+    results, (s,) = run(adata, min_mean_count=2.0)
+    assert (s.n_genes_tested, s.n_genes_low_mean) == (29, 1)
+    assert "GENE5" not in set(results["gene"])
+    _, (s,) = run(adata)
+    assert (s.n_genes_tested, s.n_genes_low_mean) == (30, 0)
+
+
+def test_cell_types_limit_the_cell_types_tested():
+    adata = ad.concat(
+        [make_pseudobulk(extra=False, seed=1), _relabel(make_pseudobulk(extra=False, seed=2))],
+        merge="same",
+    )
+    both, _ = run(adata)
+    one, summaries = run(adata, cell_types=["naive B cell"])
+    assert [s.cell_type for s in summaries] == ["naive B cell"]
+    assert set(one["cell_type"]) == {"naive B cell"}
+    pd.testing.assert_frame_equal(
+        one, both[both["cell_type"] == "naive B cell"].reset_index(drop=True)
+    )
+    with pytest.raises(ValueError, match="cell type 'monocyte' not in the data"):
+        run(adata, cell_types=["monocyte"])
+
+
+def test_solvers_agree():
+    """PyDESeq2's per-gene fits and the batched ones: the same results to rounding."""
+    adata = make_pseudobulk(n_donors=40, n_genes=60, extra=False)
+    batched, _ = run(adata, solver="batched")
+    reference, _ = run(adata, solver="pydeseq2")
+    for col in ("log2FoldChange", "stat", "baseMean"):
+        np.testing.assert_allclose(batched[col], reference[col], rtol=1e-3, atol=1e-4)
+    pd.testing.assert_series_equal(batched["padj"] < 0.05, reference["padj"] < 0.05)
+
+
+def test_stage_cell_types_param(stage_env, capsys):
+    io.write_h5ad(make_pseudobulk(), stage_env / "pb.h5ad")
+    write_params(stage_env / "params.yaml", tiny_params(de=DE_PARAMS | {"cell_types": [CT]}))
+    assert de_stage.main(stage_args(stage_env)) == 0
+    metrics = json.loads((stage_env / "metrics" / "de.json").read_text())
+    assert list(metrics["cell_types"]) == [CT]
+    write_params(
+        stage_env / "params.yaml", tiny_params(de=DE_PARAMS | {"cell_types": [CT, "B cell"]})
+    )
+    (stage_env / "metrics" / "de.json").unlink()
+    assert de_stage.main(stage_args(stage_env)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: de: {stage_env / 'pb.h5ad'}: de.cell_types: cell type 'B cell' not in the "
+        f"data (2 cell types, e.g. {CT!r})"
+    )
+    assert not (stage_env / "metrics" / "de.json").exists()

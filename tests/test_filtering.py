@@ -11,7 +11,7 @@ import pytest
 from scipy import sparse
 from tests.builders import tiny_params, write_params
 
-from immune_aging import io
+from immune_aging import counts, io
 from immune_aging.analysis import filtering
 from immune_aging.errors import InputError
 from immune_aging.stages import filter as stage
@@ -191,58 +191,58 @@ def test_cells_per_group_counts_zero_for_absent_pairs():
 # --------------------------------------------------------------------------- assembly
 
 
-def test_assemble_drops_zero_genes_and_tidies_metadata():
-    obs = make_obs({"d1": {"A": 2}, "d2": {"A": 1}}, pool=True)
+def test_assemble_selection_keeps_positions_and_tidies_metadata():
+    obs = make_obs({"d1": {"A": 2}, "d2": {"A": 2}}, pool=True)
     obs["donor_id"] = pd.Categorical(obs["donor_id"], categories=["d0", "d1", "d2"])
     obs["extra"] = 1
     var = pd.DataFrame({"feature_name": ["G1", "G2", "G3"], "other": 0}, index=["E1", "E2", "E3"])
-    counts = np.array([[1, 0, 2], [0, 0, 1], [3, 0, 0]], dtype=np.int64)
-    out = filtering.assemble_filtered(counts, obs, var)
-    assert out.var_names.tolist() == ["E1", "E3"]  # E2 has no count
-    assert out.var.columns.tolist() == ["feature_name"]
+    keep = np.array([True, False, True, True])
+    out = filtering.assemble_selection(
+        obs, var, keep=keep, genes=np.array([True, False, True]), location="raw.X"
+    )
+    assert out.X is None
+    assert out.obs_names.tolist() == obs.index[keep].tolist()
     assert out.obs.columns.tolist() == [
         "donor_id",
         "cell_type",
         "development_stage",
         "sex",
         "pool",
+        "row",
     ]
+    assert out.obs["row"].tolist() == [0, 2, 3]
+    assert out.obs["row"].dtype == np.int64
+    assert out.var_names.tolist() == ["E1", "E3"]
+    assert out.var.columns.tolist() == ["feature_name", "column"]
+    assert out.var["column"].tolist() == [0, 2]
     assert out.obs["donor_id"].cat.categories.tolist() == ["d1", "d2"]
-    assert isinstance(out.X, sparse.csr_matrix)
-    assert out.X.dtype == np.float32
-    np.testing.assert_array_equal(out.X.toarray(), [[1, 2], [0, 1], [3, 0]])
-    assert counts[0, 2] == 2  # input untouched
-    assert obs["donor_id"].cat.categories.tolist() == ["d0", "d1", "d2"]
+    assert out.uns["selection"] == {"location": "raw.X", "n_obs": 4, "n_vars": 3}
+    assert obs["donor_id"].cat.categories.tolist() == ["d0", "d1", "d2"]  # input untouched
 
 
-def test_assemble_shares_a_canonical_matrix_and_copies_anything_else():
-    obs = make_obs({"d1": {"A": 2}})
-    var = pd.DataFrame({"feature_name": ["G1", "G2"]}, index=["E1", "E2"])
-    canonical = sparse.csr_matrix(np.array([[1, 0], [2, 3]], dtype=np.float32))
-    assert filtering.assemble_filtered(canonical, obs, var).X is canonical
-    with_zero = sparse.csr_matrix(
-        (np.array([1, 0, 2, 3], dtype=np.float32), [0, 1, 0, 1], [0, 2, 4]), shape=(2, 2)
-    )
-    out = filtering.assemble_filtered(with_zero, obs, var)
-    assert out.X is not with_zero
-    assert with_zero.nnz == 4
-    assert out.X.nnz == 3
-
-
-def test_assemble_rejects_mismatched_shapes_and_missing_symbols():
+def test_assemble_selection_rejects_mismatched_masks_and_missing_symbols():
     obs = make_obs({"d1": {"A": 2}})
     var = pd.DataFrame({"feature_name": ["G1"]}, index=["E1"])
-    with pytest.raises(InputError, match=r"counts shape \(2, 2\) does not match"):
-        filtering.assemble_filtered(np.ones((2, 2)), obs, var)
+    keep = np.ones(2, dtype=bool)
+    with pytest.raises(InputError, match=r"masks of 2 cells and 2 genes do not match"):
+        filtering.assemble_selection(obs, var, keep=keep, genes=np.ones(2, bool), location="X")
     with pytest.raises(InputError, match=r"^var column 'feature_name' missing$"):
-        filtering.assemble_filtered(np.ones((2, 1)), obs, var.drop(columns="feature_name"))
+        filtering.assemble_selection(
+            obs, var.drop(columns="feature_name"), keep=keep, genes=np.ones(1, bool), location="X"
+        )
+    obs["row"] = 1
+    with pytest.raises(InputError, match=r"^obs column 'row' cannot be carried"):
+        filtering.assemble_selection(
+            obs, var, keep=keep, genes=np.ones(1, bool), location="X", extra_obs=["row"]
+        )
 
 
 def test_donor_table_and_plot():
     obs = make_obs({"d1": {"A": 1}, "d2": {"A": 3}, "d3": {"A": 2, "B": 2}})
     sel = select(obs, cutoff_percentile=50.0, percent_donors=0.5)
-    counts = np.ones((len(obs), 2))
-    out = filtering.assemble_filtered(counts[sel.keep], obs[sel.keep], _var(2))
+    out = filtering.assemble_selection(
+        obs, _var(2), keep=sel.keep, genes=np.ones(2, dtype=bool), location="X"
+    )
     table = filtering.donor_table(sel, out)
     assert table.columns.tolist() == [
         "donor_id",
@@ -279,13 +279,13 @@ def dataset(*, dense: bool = False, raw: bool = False) -> ad.AnnData:
         }
     )
     obs["donor_id"] = obs["donor_id"].astype("category")
-    counts = rng.poisson(2.0, (len(obs), 6)).astype(np.float32)
-    counts[:, 3] = 0
-    X = counts if dense else sparse.csr_matrix(counts)
+    values = rng.poisson(2.0, (len(obs), 6)).astype(np.float32)
+    values[:, 3] = 0
+    X = values if dense else sparse.csr_matrix(values)
     adata = ad.AnnData(X=X, obs=obs, var=_var(6))
     if raw:
         adata.raw = adata.copy()
-        adata.X = sparse.csr_matrix(np.log1p(counts / 3.0))
+        adata.X = sparse.csr_matrix(np.log1p(values / 3.0))
     return adata
 
 
@@ -296,33 +296,40 @@ def run_stage(tmp_path, monkeypatch, adata=None, **filter_params):
     write_params(tmp_path / "params.yaml", tiny_params(filter={**params, **filter_params}))
     if adata is not None:
         io.write_h5ad(adata, "dataset.h5ad")
-    argv = ["--params", "params.yaml", "--input", "dataset.h5ad", "--out", "out/filtered.h5ad"]
+    argv = ["--params", "params.yaml", "--input", "dataset.h5ad", "--out", "out/selection.h5ad"]
     argv += ["--metrics", "out/filter.json", "--plots", "out/plots"]
     return stage.main(argv), tmp_path / "out"
 
 
 @pytest.mark.parametrize("layout", ["sparse", "dense", "raw"])
-def test_stage_writes_filtered_counts(tmp_path, monkeypatch, layout):
+def test_stage_writes_the_selection(tmp_path, monkeypatch, layout):
     adata = dataset(dense=layout == "dense", raw=layout == "raw")
     code, out = run_stage(tmp_path, monkeypatch, adata)
     assert code == 0
-    filtered = io.read_h5ad(out / "filtered.h5ad")
+    kept = io.read_h5ad(out / "selection.h5ad")
+    assert kept.X is None  # no copy of the counts
     # d3 is below the median donor size; C is rare; d1 lacks C? no: C is dropped first
-    assert sorted(filtered.obs["donor_id"].unique()) == ["d1", "d2"]
-    assert sorted(filtered.obs["cell_type"].unique()) == ["A", "B"]
-    assert filtered.n_obs == 12 + 10 + 11 + 12
-    assert filtered.var_names.tolist() == [f"ENSG{i:011d}" for i in (0, 1, 2, 4, 5)]
-    assert isinstance(filtered.X, sparse.csr_matrix)
-    assert filtered.X.dtype == np.float32
+    assert sorted(kept.obs["donor_id"].unique()) == ["d1", "d2"]
+    assert sorted(kept.obs["cell_type"].unique()) == ["A", "B"]
+    assert kept.n_obs == 12 + 10 + 11 + 12
+    assert kept.var_names.tolist() == [f"ENSG{i:011d}" for i in (0, 1, 2, 4, 5)]
+    assert kept.var["column"].tolist() == [0, 1, 2, 4, 5]
+    assert kept.obs["row"].tolist() == adata.obs_names.get_indexer(kept.obs_names).tolist()
+    assert kept.uns["selection"]["location"] == ("raw.X" if layout == "raw" else "X")
+    # the counts read through the selection are the input's
+    chosen = counts.read_selection(out / "selection.h5ad", "dataset.h5ad")
+    matrix = chosen.read()
+    assert isinstance(matrix, sparse.csr_matrix)
+    assert matrix.dtype == np.float32
     source = adata.raw.X if layout == "raw" else adata.X
     source = source.toarray() if sparse.issparse(source) else source
-    rows = adata.obs_names.get_indexer(filtered.obs_names)
-    np.testing.assert_array_equal(filtered.X.toarray(), source[rows][:, [0, 1, 2, 4, 5]])
-    assert filtered.uns["provenance"]["stage"] == "filter"
-    assert list(json.loads(filtered.uns["provenance"]["inputs"])) == ["dataset.h5ad"]
+    rows = adata.obs_names.get_indexer(kept.obs_names)
+    np.testing.assert_array_equal(matrix.toarray(), source[rows][:, [0, 1, 2, 4, 5]])
+    assert kept.uns["provenance"]["stage"] == "filter"
+    assert list(json.loads(kept.uns["provenance"]["inputs"])) == ["dataset.h5ad"]
     metrics = json.loads((out / "filter.json").read_text())
     assert metrics["cells_in"] == adata.n_obs
-    assert metrics["cells_out"] == filtered.n_obs
+    assert metrics["cells_out"] == kept.n_obs
     assert metrics["donor_cutoff"]["donors"] == ["d3"]
     assert metrics["cell_type_prevalence"]["cell_types"] == ["C"]
     assert metrics["cells_removed"]["cell_type_prevalence"] == 13
@@ -337,10 +344,10 @@ def test_stage_writes_filtered_counts(tmp_path, monkeypatch, layout):
 
 def test_stage_is_deterministic(tmp_path, monkeypatch):
     code, out = run_stage(tmp_path, monkeypatch, dataset())
-    first = {p.name: p.read_bytes() for p in [out / "filtered.h5ad", *(out / "plots").iterdir()]}
+    first = {p.name: p.read_bytes() for p in [out / "selection.h5ad", *(out / "plots").iterdir()]}
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 0
-    again = {p.name: p.read_bytes() for p in [out / "filtered.h5ad", *(out / "plots").iterdir()]}
+    again = {p.name: p.read_bytes() for p in [out / "selection.h5ad", *(out / "plots").iterdir()]}
     assert again == first
 
 
@@ -363,10 +370,14 @@ def test_assemble_carries_the_extra_columns_named(caplog):
     obs["pool_number"] = pd.Categorical(["7", "7", "9"], categories=["7", "8", "9"])
     obs["pool"] = "P1"
     var = pd.DataFrame({"feature_name": ["G1", "G2"]}, index=["E1", "E2"])
-    counts = np.array([[1, 0], [0, 2], [3, 1]], dtype=np.float32)
     with caplog.at_level("INFO", logger="immune_aging.analysis.filtering"):
-        out = filtering.assemble_filtered(
-            counts, obs, var, extra_obs=["pool_number", "lane", "sex", "pool_number"]
+        out = filtering.assemble_selection(
+            obs,
+            var,
+            keep=np.ones(3, dtype=bool),
+            genes=np.ones(2, dtype=bool),
+            location="X",
+            extra_obs=["pool_number", "lane", "sex", "pool_number"],
         )
     assert out.obs.columns.tolist() == [
         "donor_id",
@@ -374,6 +385,7 @@ def test_assemble_carries_the_extra_columns_named(caplog):
         "development_stage",
         "sex",
         "pool_number",
+        "row",
     ]  # not 'pool' (not named), 'sex' once, the absent 'lane' logged
     assert out.obs["pool_number"].cat.categories.tolist() == ["7", "9"]
     assert "obs columns not in the input, not carried: lane" in caplog.text
@@ -385,8 +397,8 @@ def test_stage_carries_the_pool_column_named_by_keep_obs(tmp_path, monkeypatch):
     adata.obs["pool_number"] = pd.Categorical(np.where(adata.obs["donor_id"] == "d1", "1", "2"))
     code, out = run_stage(tmp_path, monkeypatch, adata, keep_obs=["pool_number"])
     assert code == 0
-    filtered = io.read_h5ad(out / "filtered.h5ad")
-    assert "pool_number" in filtered.obs.columns
-    assert filtered.obs["pool_number"].astype(str).to_dict() == (
-        adata.obs.loc[filtered.obs_names, "pool_number"].astype(str).to_dict()
+    kept = io.read_h5ad(out / "selection.h5ad")
+    assert "pool_number" in kept.obs.columns
+    assert kept.obs["pool_number"].astype(str).to_dict() == (
+        adata.obs.loc[kept.obs_names, "pool_number"].astype(str).to_dict()
     )

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import yaml
 from tests.conftest import REPO, tiny_params, write_params
 
-from immune_aging import guard, io
+from immune_aging import guard, h5walk, io
 from immune_aging.errors import InputError
 from immune_aging.stages import data as data_stage
 from immune_aging.stages import filter as filter_stage
@@ -36,7 +36,7 @@ DATA_ARGS = (
     "--metrics metrics/data.json"
 ).split()
 FILTER_ARGS = (
-    f"--input {RAW} --out data/filter/filtered.h5ad --metrics metrics/filter.json "
+    f"--input {RAW} --out data/filter/selection.h5ad --metrics metrics/filter.json "
     "--plots plots/filter"
 ).split()
 FILTER = {"cutoff_percentile": 1.0, "min_cells_per_celltype": 2, "percent_donors": 0.5}
@@ -137,7 +137,7 @@ def test_valid_file_passes_and_reads_annotations_whole(tmp_path, cellxgene):
 def test_large_matrix_arrays_are_checked_by_chunk_index_only(tmp_path, monkeypatch):
     path = tmp_path / "ok.h5ad"
     io.write_h5ad(dataset(), path)
-    monkeypatch.setattr(guard, "FULL_READ_MAX_BYTES", 4096)
+    monkeypatch.setattr(h5walk, "FULL_READ_MAX_BYTES", 4096)
     result = guard.check_h5ad(path)
     assert result["chunked_only"] >= 2  # X/data, X/indices
 
@@ -277,7 +277,7 @@ def test_a_crash_in_the_check_is_reported_and_leaves_no_core_file(tmp_path, monk
     def crash(self, dset, name):
         os.kill(os.getpid(), signal.SIGSEGV)
 
-    monkeypatch.setattr(guard._Walk, "dataset", crash)
+    monkeypatch.setattr(h5walk.Walk, "dataset", crash)
     with pytest.raises(InputError) as err:
         guard.check_h5ad(path)
     assert str(err.value).startswith(
@@ -291,7 +291,7 @@ def test_a_check_that_stops_using_cpu_is_killed_at_the_wall_limit(tmp_path, monk
     dataset().write_h5ad(path)
     monkeypatch.setattr(guard, "WALL_FACTOR", 0.0)
     monkeypatch.setattr(guard, "WALL_EXTRA_S", 1.0)
-    monkeypatch.setattr(guard._Walk, "dataset", lambda self, dset, name: time.sleep(60))
+    monkeypatch.setattr(h5walk.Walk, "dataset", lambda self, dset, name: time.sleep(60))
     t0 = time.monotonic()
     with pytest.raises(InputError, match=r"opening /X/data did not finish within 1 s of wall"):
         guard.check_h5ad(path)
@@ -334,7 +334,7 @@ def test_damaged_compressed_counts_fail_in_filter_with_one_line(project, capsys,
     """
     from immune_aging import validate
 
-    monkeypatch.setattr(guard, "FULL_READ_MAX_BYTES", 1024)
+    monkeypatch.setattr(h5walk, "FULL_READ_MAX_BYTES", 1024)
     adata = dataset(n_cells=6000, n_genes=100)
     io.write_h5ad(adata, project / RAW)
     sampled = np.zeros(adata.n_obs, dtype=bool)
@@ -353,7 +353,7 @@ def test_damaged_compressed_counts_fail_in_filter_with_one_line(project, capsys,
 
     target = next(c for c in chunks if unsampled(c))
     with open(project / RAW, "r+b") as fh:
-        fh.seek(target.byte_offset)  # the zstd frame's magic number
+        fh.seek(target.byte_offset)  # the start of the compressed chunk
         fh.write(b"\xff" * 8)
     stops_with(
         capsys,

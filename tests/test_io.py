@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,6 +71,38 @@ def test_h5ad_roundtrip_is_byte_identical(tmp_path):
     assert (tmp_path / "a.h5ad").read_bytes() == (tmp_path / "b.h5ad").read_bytes()
     back = io.read_h5ad(tmp_path / "a.h5ad")
     assert (back.X != X).nnz == 0
+
+
+def test_h5ad_outputs_open_without_hdf5plugin(tmp_path):
+    """A written h5ad opens in a fresh interpreter that imports anndata only."""
+    X = sp.csr_matrix(np.arange(12, dtype=np.float32).reshape(4, 3))
+    adata = ad.AnnData(
+        X,
+        obs=pd.DataFrame({"donor_id": pd.Categorical(["a", "a", "b", "b"])}, index=list("wxyz")),
+        var=pd.DataFrame({"feature_name": ["A", "B", "C"]}, index=["g1", "g2", "g3"]),
+    )
+    adata.obsm["X_pca"] = np.ones((4, 2), dtype=np.float32)
+    adata.obsp["distances"] = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    adata.uns["provenance"] = {"stage": "test", "inputs": "{}"}
+    path = tmp_path / "out.h5ad"
+    io.write_h5ad(adata, path)
+    code = (
+        "import sys, anndata\n"
+        "a = anndata.read_h5ad(sys.argv[1])\n"
+        "assert 'hdf5plugin' not in sys.modules\n"
+        "print(a.shape, float(a.X.sum()), float(a.obsm['X_pca'].sum()), a.obsp['distances'].nnz)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["(4,", "3)", "66.0", "8.0", "4"]
+    with h5py.File(path) as fh:  # and every dataset is compressed (not stored plain)
+        assert fh["X/data"].compression == "gzip"
 
 
 def test_read_h5ad_refuses_other_files(tmp_path):

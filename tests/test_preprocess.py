@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
-from tests.builders import tiny_params, write_params
+from tests.builders import tiny_params, write_params, write_selected
 
 from immune_aging import io
 from immune_aging.analysis import hvg, preprocess
@@ -202,7 +202,7 @@ def test_plots_and_variance_table():
 
 
 def write_inputs(tmp_path, adata, keep):
-    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    write_selected(adata, tmp_path)
     table = pd.DataFrame({"keep": keep}, index=pd.Index(adata.obs_names, name="cell_id"))
     io.write_parquet(table, tmp_path / "cells.parquet")
 
@@ -212,8 +212,17 @@ def run_stage(tmp_path, monkeypatch, **pre_params):
     monkeypatch.setenv("IMMUNE_AGING_LOG_DIR", "logs")
     params = {"n_top_genes": 40, "n_comps": 5} | pre_params
     write_params(tmp_path / "params.yaml", tiny_params(preprocess=params))
-    argv = ["--params", "params.yaml", "--input", "filtered.h5ad", "--cells", "cells.parquet"]
-    argv += ["--out", "out/pca.h5ad", "--metrics", "out/preprocess.json", "--plots", "out/plots"]
+    argv = ["--params", "params.yaml", "--selection", "selection.h5ad", "--raw", "dataset.h5ad"]
+    argv += [
+        "--cells",
+        "cells.parquet",
+        "--out",
+        "out/pca.h5ad",
+        "--metrics",
+        "out/preprocess.json",
+        "--plots",
+        "out/plots",
+    ]
     return stage.main(argv), tmp_path / "out"
 
 
@@ -231,7 +240,8 @@ def test_stage_writes_embedding_without_x(tmp_path, monkeypatch):
     assert result.uns["provenance"]["stage"] == "preprocess"
     assert sorted(json.loads(result.uns["provenance"]["inputs"])) == [
         "cells.parquet",
-        "filtered.h5ad",
+        "dataset.h5ad",
+        "selection.h5ad",
     ]
     metrics = json.loads((out / "preprocess.json").read_text())
     assert metrics["cells"] == keep.sum()
@@ -249,19 +259,19 @@ def test_stage_writes_embedding_without_x(tmp_path, monkeypatch):
 def test_stage_cells_table_must_match(tmp_path, monkeypatch, capsys):
     adata = counts_dataset()
     write_inputs(tmp_path, adata[:-1].copy(), np.ones(adata.n_obs - 1, dtype=bool))
-    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    write_selected(adata, tmp_path)
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: preprocess: cells.parquet: 1 cells of filtered.h5ad are not listed "
+        "error: preprocess: cells.parquet: 1 cells of selection.h5ad are not listed "
         "(e.g. 'cell149'); expected one row per cell"
     )
 
 
 def test_stage_cells_table_without_keep(tmp_path, monkeypatch, capsys):
     adata = counts_dataset()
-    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    write_selected(adata, tmp_path)
     table = pd.DataFrame({"other": 1}, index=pd.Index(adata.obs_names, name="cell_id"))
     io.write_parquet(table, tmp_path / "cells.parquet")
     code, _ = run_stage(tmp_path, monkeypatch)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
-from tests.builders import tiny_params, write_params
+from tests.builders import tiny_params, write_params, write_selected
 
 from immune_aging import counts, io
 from immune_aging.analysis import age, pseudobulk
@@ -234,7 +234,7 @@ def test_summary_and_plots():
 
 def write_inputs(tmp_path, adata=None, keep=None, cells=None):
     adata = cells_adata() if adata is None else adata
-    io.write_h5ad(adata, tmp_path / "filtered.h5ad")
+    write_selected(adata, tmp_path)
     if cells is None:
         keep = np.ones(adata.n_obs, dtype=bool) if keep is None else keep
         cells = pd.DataFrame(
@@ -252,8 +252,10 @@ def run_stage(tmp_path, monkeypatch, **pb_params):
     argv = [
         "--params",
         "params.yaml",
-        "--filtered",
-        "filtered.h5ad",
+        "--selection",
+        "selection.h5ad",
+        "--raw",
+        "dataset.h5ad",
         "--cells",
         "cells.parquet",
         "--out",
@@ -311,6 +313,41 @@ def test_stage_blocks_give_the_same_sums(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(blocks.obs, whole.obs)
 
 
+def test_stage_reads_the_selected_cells_and_genes_of_the_input(tmp_path, monkeypatch):
+    write_inputs(tmp_path)
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 0
+    alone = io.read_h5ad(out / "pseudobulk.h5ad")
+    # the same cells and genes among others the filter dropped: cells between and
+    # after them, a gene before and one after, all full of counts
+    adata = cells_adata()
+    n = adata.n_obs
+    dropped = ad.AnnData(
+        X=sparse.csr_matrix(np.full((n, adata.n_vars), 9, dtype=np.float32)),
+        obs=adata.obs.set_axis([f"gone{i}" for i in range(n)]),
+        var=adata.var,
+    )
+    interleaved = np.column_stack([np.arange(n), n + np.arange(n)]).ravel()
+    source = ad.concat([adata, dropped])[interleaved].copy()
+    source = ad.AnnData(
+        X=sparse.hstack(
+            [np.full((2 * n, 1), 5), sparse.csr_matrix(source.X), np.full((2 * n, 1), 7)]
+        ).tocsr(),
+        obs=source.obs,
+        var=pd.DataFrame(
+            {"feature_name": ["A0", *adata.var["feature_name"], "A9"]},
+            index=["E0", *adata.var_names, "E9"],
+        ),
+    )
+    write_selected(adata, tmp_path, source=source)
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 5)  # a few cells per block
+    assert run_stage(tmp_path, monkeypatch)[0] == 0
+    within = io.read_h5ad(out / "pseudobulk.h5ad")
+    np.testing.assert_array_equal(within.X, alone.X)
+    pd.testing.assert_frame_equal(within.obs, alone.obs)
+    pd.testing.assert_frame_equal(within.var, alone.var)
+
+
 def test_stage_cells_table_with_cell_id_column(tmp_path, monkeypatch):
     adata = cells_adata()
     cells = pd.DataFrame({"cell_id": list(adata.obs_names)[::-1], "keep": True})
@@ -326,13 +363,13 @@ def test_stage_cells_missing_from_qc_table(tmp_path, monkeypatch, capsys):
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: cells.parquet: 2 cells of filtered.h5ad are not listed "
+        "error: pseudobulk: cells.parquet: 2 cells of selection.h5ad are not listed "
         "(e.g. 'cell7'); expected one row per cell"
     )
     assert not out.exists()
 
 
-def test_stage_cells_not_in_filtered(tmp_path, monkeypatch, capsys):
+def test_stage_cells_not_in_the_selection(tmp_path, monkeypatch, capsys):
     adata = cells_adata()
     ids = [*adata.obs_names, "stranger"]
     cells = pd.DataFrame({"keep": True}, index=pd.Index(ids, name="cell_id"))
@@ -340,7 +377,7 @@ def test_stage_cells_not_in_filtered(tmp_path, monkeypatch, capsys):
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: cells.parquet: 1 cells are not in filtered.h5ad (e.g. 'stranger')"
+        "error: pseudobulk: cells.parquet: 1 cells are not in selection.h5ad (e.g. 'stranger')"
     )
 
 
@@ -394,7 +431,7 @@ def test_stage_no_cell_kept(tmp_path, monkeypatch, capsys):
 
 
 def test_stage_qc_table_missing(tmp_path, monkeypatch, capsys):
-    io.write_h5ad(cells_adata(), tmp_path / "filtered.h5ad")
+    write_selected(cells_adata(), tmp_path)
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == "error: pseudobulk: cells.parquet: file not found"
@@ -406,7 +443,7 @@ def test_stage_missing_sex(tmp_path, monkeypatch, capsys):
     write_inputs(tmp_path, adata)
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
-    assert last_error(capsys) == "error: pseudobulk: filtered.h5ad: obs column 'sex' missing"
+    assert last_error(capsys) == "error: pseudobulk: selection.h5ad: obs column 'sex' missing"
 
 
 def test_stage_missing_development_stage(tmp_path, monkeypatch, capsys):
@@ -416,7 +453,7 @@ def test_stage_missing_development_stage(tmp_path, monkeypatch, capsys):
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: filtered.h5ad: obs column 'development_stage' missing "
+        "error: pseudobulk: selection.h5ad: obs column 'development_stage' missing "
         "(or a numeric 'age')"
     )
 
@@ -428,7 +465,7 @@ def test_stage_missing_feature_name(tmp_path, monkeypatch, capsys):
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: filtered.h5ad: var column 'feature_name' missing"
+        "error: pseudobulk: selection.h5ad: var column 'feature_name' missing"
     )
 
 
@@ -439,7 +476,7 @@ def test_stage_refuses_normalised_values(tmp_path, monkeypatch, capsys):
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: filtered.h5ad: X holds non-integer values (e.g. 0.5): "
+        "error: pseudobulk: dataset.h5ad: X holds non-integer values (e.g. 0.5): "
         "raw counts are required"
     )
     assert not out.exists()
@@ -454,7 +491,7 @@ def test_stage_bad_age_label(tmp_path, monkeypatch, capsys):
     code, _ = run_stage(tmp_path, monkeypatch)
     assert code == 2
     assert last_error(capsys).startswith(
-        "error: pseudobulk: filtered.h5ad: development_stage '63 yrs': cannot read an age"
+        "error: pseudobulk: selection.h5ad: development_stage '63 yrs': cannot read an age"
     )
 
 
@@ -463,7 +500,7 @@ def test_stage_nothing_survives(tmp_path, monkeypatch, capsys):
     code, out = run_stage(tmp_path, monkeypatch, min_samples_per_cell_type=4)
     assert code == 2
     assert last_error(capsys) == (
-        "error: pseudobulk: filtered.h5ad: no cell type has 4 samples of >= 2 cells "
+        "error: pseudobulk: selection.h5ad: no cell type has 4 samples of >= 2 cells "
         "(pseudobulk.min_samples_per_cell_type, pseudobulk.min_cells)"
     )
     assert not out.exists()

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
-from tests.builders import tiny_params, write_params
+from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import io
 from immune_aging.analysis import doublets, plots, qc
 from immune_aging.errors import InputError
 from immune_aging.stages import qc as stage
@@ -289,9 +288,9 @@ def run_stage(tmp_path, monkeypatch, adata=None, **qc_params):
     params = {"min_genes": 100, "min_counts": 200, "min_cells_scrublet": 100} | qc_params
     write_params(tmp_path / "params.yaml", tiny_params(qc=params))
     if adata is not None:
-        io.write_h5ad(adata, "filtered.h5ad")
-    argv = ["--params", "params.yaml", "--input", "filtered.h5ad", "--out", "out/cells.parquet"]
-    argv += ["--metrics", "out/qc.json", "--plots", "out/plots"]
+        write_selected(adata)
+    argv = ["--params", "params.yaml", "--selection", "selection.h5ad", "--raw", "dataset.h5ad"]
+    argv += ["--out", "out/cells.parquet", "--metrics", "out/qc.json", "--plots", "out/plots"]
     return stage.main(argv), tmp_path / "out"
 
 
@@ -347,7 +346,7 @@ def test_stage_missing_pool_column(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: qc: filtered.h5ad: obs column 'lane' missing (qc.pool_key)"
+        "error: qc: selection.h5ad: obs column 'lane' missing (qc.pool_key)"
     )
 
 
@@ -356,6 +355,6 @@ def test_stage_no_cell_left(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert not out.exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: qc: filtered.h5ad: no cell passes QC (rule 'min_genes' alone removes "
+        "error: qc: selection.h5ad: no cell passes QC (rule 'min_genes' alone removes "
         "270 of 270); check the qc.* limits"
     )

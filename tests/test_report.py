@@ -185,7 +185,7 @@ def make_results(root: Path, *, truth: bool = True) -> dict[str, Path]:
         }
     )
     io.write_parquet(ora, root / "data" / "ora" / "results.parquet")
-    write_checkpoint(root / "data" / "filter" / "filtered.h5ad", "filter", params["filter"])
+    write_checkpoint(root / "data" / "filter" / "selection.h5ad", "filter", params["filter"])
     return {"root": root}
 
 
@@ -206,7 +206,7 @@ def argv(root: Path, out: Path) -> list[str]:
         str(root / "data" / "ora" / "results.parquet"),
         "--provenance",
         str(root / "data" / "raw" / "dataset.h5ad"),
-        str(root / "data" / "filter" / "filtered.h5ad"),
+        str(root / "data" / "filter" / "selection.h5ad"),
         "--out",
         str(out),
     ]
@@ -241,7 +241,7 @@ def test_sections_show_metrics_params_and_provenance(page):
     assert "cells_out" in filter_section and "950" in filter_section
     assert "filter.cutoff_percentile" in filter_section  # params table
     assert "drop donors below this percentile" in filter_section  # comment from params.yaml
-    assert "data/filter/filtered.h5ad" in filter_section
+    assert "data/filter/selection.h5ad" in filter_section
     assert "matches params.yaml" in filter_section
     assert "ab" * 32 in filter_section  # input hash
     assert "3 observations" in filter_section
@@ -489,6 +489,39 @@ def test_ages_of_removed_donors_when_recorded():
     out = removed.render_removals(items)
     assert "D1: 71, D2: unknown" in out and "D3: 84.5" in out
     assert "(value not recorded) (filter.cutoff_percentile)" in out  # no params given
+
+
+def test_the_filters_age_comparison_and_warnings_are_shown():
+    """metrics/filter.json's ``ages_removed`` per rule and its warnings reach the table."""
+    compare = {"donors": 1, "mean_age": 24.0, "mean_age_rest": 55.8, "p_value": None}
+    metrics = {
+        "filter": {
+            "donor_cutoff": {"donors_removed": 1, "donors": ["D13"]},
+            "cell_type_prevalence": {"cell_types_removed": 1, "cell_types": ["pDC"]},
+            "donor_completeness": {"donors_removed": 0, "donors": []},
+            "ages_removed": {
+                "donor_cutoff": compare,
+                "cell_type_prevalence": {
+                    "pDC": {
+                        "donors": 46,
+                        "mean_age": 55.48,
+                        "mean_age_rest": 70.0,
+                        "p_value": 0.003,
+                        "share_age_spearman": -0.41,
+                    }
+                },
+            },
+            "warnings": ["rule 2 removed cell type 'pDC': ... removed it by age"],
+        }
+    }
+    inputs = collect.ReportInputs(metrics=metrics)
+    items = removed.removals(inputs)
+    assert items[0].age_note == "mean age 24 (others 55.8)"
+    assert items[1].age_note.startswith("pDC: 46 donors below the minimum, mean age 55.48 (")
+    assert "Mann-Whitney p 0.003" in items[1].age_note and "Spearman -0.41" in items[1].age_note
+    out = removed.render_removals(items, removed.warnings(inputs))
+    assert out.index('<p class="warning">filter: rule 2 removed') < out.index("<table")
+    assert f"<td>{removed.NOT_RECORDED}</td>" not in out  # every rule has its ages
 
 
 def test_without_truth_there_is_no_validation_section(tmp_path, monkeypatch):
@@ -751,7 +784,7 @@ def test_figure_not_png(results, tmp_path, capsys):
 
 
 def test_checkpoint_not_h5ad(results, tmp_path, capsys):
-    path = results / "data" / "filter" / "filtered.h5ad"
+    path = results / "data" / "filter" / "selection.h5ad"
     path.write_text("not hdf5")
     fails_with(results, tmp_path, capsys, f"{path}: not an h5ad file (no HDF5 signature)")
 

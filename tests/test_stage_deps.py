@@ -31,6 +31,7 @@ HARNESS = {
     "immune_aging.executor",
     "immune_aging.runlog",
     "immune_aging.guard",
+    "immune_aging.h5walk",
     "immune_aging.determinism",
     "immune_aging.analysis",
     "immune_aging.stages",
@@ -104,3 +105,23 @@ def test_deps_list_exactly_the_code_the_stage_runs(stage):
 def test_every_stage_runs_its_own_module():
     for name, spec in STAGES.items():
         assert spec["cmd"].split()[:3] == ["python", "-m", f"{PACKAGE}.stages.{name}"], name
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_metrics_and_figures_are_committed_to_git_as_metrics_and_plots(stage):
+    """metrics/ and plots/ are ``cache: false`` stage metrics/plots, never plain outs.
+
+    Git carries them, so a fresh clone's ``dvc metrics diff`` and ``dvc plots diff``
+    read HEAD without a remote; an uncached plain out would also stop DVC from saving
+    the stage in its run-cache.
+    """
+    spec = STAGES[stage]
+    for kind in ("outs", "metrics", "plots"):
+        for entry in spec.get(kind, []):
+            path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            top = str(path).split("/")[0]
+            if top in ("metrics", "plots"):
+                assert kind == top, f"{stage}: {path} is declared under {kind}, not {top}"
+                assert (opts or {}).get("cache") is False, f"{stage}: {path} is cached"
+            else:
+                assert kind == "outs", f"{stage}: {path} is declared under {kind}"

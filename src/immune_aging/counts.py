@@ -6,6 +6,11 @@
 - :func:`read_counts` assembles them into one CSR matrix whose arrays are
   allocated at their final size from the file's ``indptr``, so peak memory is the
   result plus one block (anndata's backed subsetting needs 2-3 times the result);
+  both can keep a subset of the genes;
+- :func:`expressed_genes` finds the genes with any count in the kept cells;
+- :func:`read_selection` reads the ``filter`` stage's selection (the kept cells'
+  rows and genes' columns in the input), checks it against the input, and reads
+  the input's counts through it (:class:`Selection`);
 - :func:`read_keep` and :func:`read_cells` read the per-cell table of the ``qc``
   stage (``cells.parquet``) aligned with the cells of a count matrix;
 - :func:`gene_table` returns the gene annotations matching the counts' columns.
@@ -270,7 +275,26 @@ class Block:
     counts: sparse.csr_matrix
 
 
-def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -> Iterator[Block]:
+def _take_columns(block: sparse.csr_matrix, genes: np.ndarray) -> sparse.csr_matrix:
+    """Keep the columns ``genes`` (boolean mask) of a CSR block, renumbered in order."""
+    chosen = genes[block.indices]
+    wide = block.nnz >= np.iinfo(np.int32).max
+    before = np.zeros(block.nnz + 1, dtype=np.int64 if wide else np.int32)
+    np.cumsum(chosen, out=before[1:])  # entries kept before each stored entry
+    new_column = (np.cumsum(genes) - 1).astype(block.indices.dtype)
+    return sparse.csr_matrix(
+        (block.data[chosen], new_column[block.indices[chosen]], before[block.indptr]),
+        shape=(block.shape[0], int(genes.sum())),
+    )
+
+
+def kept_blocks(
+    path: str | os.PathLike[str],
+    location: str,
+    keep: np.ndarray,
+    *,
+    genes: np.ndarray | None = None,
+) -> Iterator[Block]:
     """Stream the raw counts of the kept cells, one block of rows at a time.
 
     Blocks without a kept cell are skipped. Every stored value is checked with
@@ -284,6 +308,9 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
         ``"X"`` or ``"raw.X"``.
     keep
         Boolean mask over the file's rows.
+    genes
+        Boolean mask over the file's columns: only these genes are returned, in
+        file order (None: every gene).
 
     Yields
     ------
@@ -293,7 +320,8 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
     Raises
     ------
     InputError
-        If the matrix and ``keep`` disagree in length or a value is not a count.
+        If the matrix and ``keep`` or ``genes`` disagree in length or a value is
+        not a count.
     """
     path = Path(path)
     with h5py.File(path, "r") as fh, reading(path, location):
@@ -301,6 +329,8 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
         shape = matrix_shape(node)
         if shape[0] != len(keep):
             raise InputError(f"{path}: {location} has {shape[0]} rows, obs has {len(keep)}")
+        if genes is not None and shape[1] != len(genes):
+            raise InputError(f"{path}: {location} has {shape[1]} columns, var has {len(genes)}")
         progress = Progress(f"{path.name}: rows read", total=shape[0])
         for a, block in _row_blocks(node, shape):
             progress.step(block.shape[0])
@@ -312,6 +342,8 @@ def kept_blocks(path: str | os.PathLike[str], location: str, keep: np.ndarray) -
             sub.sum_duplicates()
             sub.eliminate_zeros()
             check_counts(sub.data, path, location)
+            if genes is not None and not genes.all():
+                sub = _take_columns(sub, genes)
             yield Block(start=a, rows=a + local, counts=sub)
 
 
@@ -320,6 +352,7 @@ def read_counts(
     location: str,
     keep: np.ndarray,
     *,
+    genes: np.ndarray | None = None,
     drop_empty_genes: bool = True,
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
     """Read the kept cells' raw counts, dropping genes without any count.
@@ -332,15 +365,18 @@ def read_counts(
         ``"X"`` or ``"raw.X"``.
     keep
         Boolean mask of the cells to read.
+    genes
+        Boolean mask of the genes to read (None: every gene).
     drop_empty_genes
-        Drop the genes without any count in the kept cells (else keep every gene).
+        Of those, drop the genes without any count in the kept cells (else keep
+        every one).
 
     Returns
     -------
     tuple
-        ``(counts, genes)``: CSR float32 counts (kept cells x expressed genes, no
-        explicit zeros, sorted indices) and the boolean mask of expressed genes over
-        all genes.
+        ``(counts, genes)``: CSR float32 counts (kept cells x genes read, no
+        explicit zeros, sorted indices) and the boolean mask of the genes read over
+        all genes of the file.
 
     Raises
     ------
@@ -360,9 +396,11 @@ def read_counts(
     row_nnz: list[np.ndarray] = []
     totals = np.zeros(n_cols, dtype=np.float64)
     pos = 0
-    for block in kept_blocks(path, location, keep):
+    chosen = np.ones(n_cols, dtype=bool) if genes is None else np.asarray(genes, dtype=bool)
+    columns = np.flatnonzero(chosen)
+    for block in kept_blocks(path, location, keep, genes=chosen):
         sub = block.counts
-        totals += np.bincount(sub.indices, weights=sub.data, minlength=n_cols)
+        totals[columns] += np.bincount(sub.indices, weights=sub.data, minlength=len(columns))
         row_nnz.append(np.diff(sub.indptr))
         if bound is None:
             pieces.append((sub.data.astype(np.float32), sub.indices.astype(index_dtype)))
@@ -373,27 +411,28 @@ def read_counts(
     if bound is None:
         data = np.concatenate([p[0] for p in pieces]) if pieces else data
         indices = np.concatenate([p[1] for p in pieces]) if pieces else indices
-    elif pos < bound:  # explicit zeros or duplicates were dropped
-        data, indices = data[:pos].copy(), indices[:pos].copy()
-    genes = totals > 0 if drop_empty_genes else np.ones(n_cols, dtype=bool)
-    if not genes.all():
-        new_column = (np.cumsum(genes) - 1).astype(index_dtype)
+    elif pos < bound:  # explicit zeros, duplicates or genes not read were dropped
+        data.resize(pos, refcheck=False)  # in place: no second copy
+        indices.resize(pos, refcheck=False)
+    read = chosen & (totals > 0) if drop_empty_genes else chosen
+    if not read[columns].all():  # renumber the columns read onto the genes kept
+        new_column = (np.cumsum(read[columns]) - 1).astype(index_dtype)
         for lo in range(0, len(indices), BLOCK_VALUES):  # renumber columns in place
             indices[lo : lo + BLOCK_VALUES] = new_column[indices[lo : lo + BLOCK_VALUES]]
     nnz_per_row = np.concatenate(row_nnz) if row_nnz else np.zeros(0, dtype=np.int64)
     indptr = np.zeros(len(nnz_per_row) + 1, dtype=index_dtype)
     np.cumsum(nnz_per_row, out=indptr[1:])
     counts = sparse.csr_matrix(
-        (data, indices, indptr), shape=(len(nnz_per_row), int(genes.sum())), copy=False
+        (data, indices, indptr), shape=(len(nnz_per_row), int(read.sum())), copy=False
     )
     log.info(
-        "read %d cells, %d stored counts; %d of %d genes have counts",
+        "read %d cells, %d stored counts; %d of %d genes",
         counts.shape[0],
         counts.nnz,
         counts.shape[1],
         n_cols,
     )
-    return counts, genes
+    return counts, read
 
 
 def gene_table(adata: Any, location: str, path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -427,6 +466,285 @@ def gene_table(adata: Any, location: str, path: str | os.PathLike[str]) -> pd.Da
     if raw_var.index.equals(adata.var.index):
         return raw_var.assign(feature_name=adata.var["feature_name"].to_numpy())
     raise InputError(f"{path}: raw.var has no 'feature_name' column and its genes differ from var")
+
+
+def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarray) -> np.ndarray:
+    """Return which genes have any count in the kept cells, streaming the counts.
+
+    Memory is one block of rows: nothing is assembled.
+
+    Parameters
+    ----------
+    path
+        The h5ad file.
+    location
+        ``"X"`` or ``"raw.X"``.
+    keep
+        Boolean mask of the cells.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the file's genes.
+
+    Raises
+    ------
+    InputError
+        If a value is negative, fractional or not finite.
+    """
+    with h5py.File(path, "r") as fh:
+        n_cols = matrix_shape(fh[_node_key(location)])[1]
+    seen = np.zeros(n_cols, dtype=bool)
+    n_cells = n_counts = 0
+    for block in kept_blocks(path, location, keep):
+        seen[block.counts.indices] = True  # explicit zeros were removed
+        n_cells += block.counts.shape[0]
+        n_counts += block.counts.nnz
+    log.info(
+        "read %d cells, %d stored counts; %d of %d genes have counts",
+        n_cells,
+        n_counts,
+        int(seen.sum()),
+        n_cols,
+    )
+    return seen
+
+
+# --------------------------------------------------------------------------- selection
+
+#: obs column of the selection: each kept cell's row in the input file.
+ROW = "row"
+#: var column of the selection: each kept gene's column in the input file's counts.
+COLUMN = "column"
+#: uns key of the selection: where the counts are and the input's shape.
+SELECTION_UNS = "selection"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The cells and genes the ``filter`` stage kept, matched with the input file.
+
+    Made by :func:`read_selection`; the counts stay in the input file and are read
+    through :meth:`read` and :meth:`blocks`.
+
+    Attributes
+    ----------
+    path
+        The selection file (``selection.h5ad``).
+    source
+        The input h5ad holding the raw counts.
+    location
+        ``"X"`` or ``"raw.X"``: where in ``source`` the raw counts are.
+    obs
+        Annotations of the kept cells (index: cell IDs), in file order.
+    var
+        The kept genes (index: gene IDs; ``feature_name``), in file order.
+    rows
+        Row of each kept cell in ``source`` (ascending).
+    columns
+        Column of each kept gene in ``source``'s counts (ascending).
+    shape
+        ``(cells, genes)`` of ``source``'s counts.
+    """
+
+    path: Path
+    source: Path
+    location: str
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    rows: np.ndarray
+    columns: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def obs_names(self) -> pd.Index:
+        """The kept cells' IDs, in order."""
+        return self.obs.index
+
+    def row_mask(self, keep: np.ndarray | None = None) -> np.ndarray:
+        """Return the mask over ``source``'s rows of the kept cells (or of a subset).
+
+        Parameters
+        ----------
+        keep
+            Boolean mask over the selection's cells (None: all of them).
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean mask over the rows of ``source``.
+        """
+        mask = np.zeros(self.shape[0], dtype=bool)
+        mask[self.rows if keep is None else self.rows[np.asarray(keep, dtype=bool)]] = True
+        return mask
+
+    def gene_mask(self) -> np.ndarray:
+        """Return the mask over ``source``'s genes of the kept genes.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean mask over the columns of ``source``'s counts.
+        """
+        mask = np.zeros(self.shape[1], dtype=bool)
+        mask[self.columns] = True
+        return mask
+
+    def read(self, keep: np.ndarray | None = None) -> sparse.csr_matrix:
+        """Read the raw counts of the kept cells (or a subset) and genes.
+
+        Parameters
+        ----------
+        keep
+            Boolean mask over the selection's cells (None: all of them).
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            float32 counts, cells x the selection's genes, in the selection's order.
+        """
+        matrix, _ = read_counts(
+            self.source,
+            self.location,
+            self.row_mask(keep),
+            genes=self.gene_mask(),
+            drop_empty_genes=False,
+        )
+        return matrix
+
+    def blocks(
+        self, keep: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
+        """Stream the raw counts of the kept cells (or a subset), one block at a time.
+
+        Parameters
+        ----------
+        keep
+            Boolean mask over the selection's cells (None: all of them).
+
+        Yields
+        ------
+        tuple
+            ``(positions, counts)``: positions of the block's cells in ``obs`` and
+            their float32 CSR counts over the selection's genes.
+        """
+        for block in kept_blocks(
+            self.source, self.location, self.row_mask(keep), genes=self.gene_mask()
+        ):
+            counts = block.counts
+            if counts.dtype != np.float32:
+                counts = counts.astype(np.float32)
+            yield np.searchsorted(self.rows, block.rows), counts
+
+
+def _positions(values: Any, n: int, what: str, path: Path) -> np.ndarray:
+    """Check a column of positions (integers, ascending, below ``n``) and return it."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise InputError(f"{path}: {what} must hold integer positions, got {values.dtype}")
+    values = values.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() >= n):
+        raise InputError(f"{path}: {what} holds positions outside 0..{n - 1}")
+    if values.size > 1 and (np.diff(values) <= 0).any():
+        raise InputError(f"{path}: {what} is not strictly ascending")
+    return values
+
+
+def _index(fh: Any, group: str, path: Path) -> pd.Index:
+    """Read the index (cell or gene IDs) of the ``obs`` or ``var`` group of an h5ad file."""
+    from anndata.io import read_elem
+
+    node = fh[group]
+    name = node.attrs.get("_index", "_index")
+    if name not in node:
+        raise InputError(f"{path}: {group} has no index")
+    return pd.Index(read_elem(node[name])).astype(str)
+
+
+def read_selection(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> Selection:
+    """Read the ``filter`` stage's selection and check it against the input it came from.
+
+    Parameters
+    ----------
+    path
+        ``selection.h5ad``: obs the kept cells with their row in ``source`` (column
+        ``row``), var the kept genes with their column (``column``) and
+        ``feature_name``, ``uns['selection']`` the location of the counts and the
+        input's shape.
+    source
+        The input h5ad (``data/raw/dataset.h5ad``).
+
+    Returns
+    -------
+    Selection
+        The selection, ``obs`` and ``var`` without the position columns.
+
+    Raises
+    ------
+    InputError
+        One line when either file is unreadable, the selection lacks a part, or it
+        does not match ``source``: another shape, or other cell or gene IDs at its
+        positions (it was made from another file: rerun the filter stage).
+    """
+    from immune_aging import guard, io
+
+    path, source = Path(path), Path(source)
+    adata = io.read_h5ad(path)
+    info = adata.uns.get(SELECTION_UNS)
+    if not isinstance(info, dict) or not {"location", "n_obs", "n_vars"} <= set(info):
+        raise InputError(
+            f"{path}: uns {SELECTION_UNS!r} (location, n_obs, n_vars) missing: not a selection "
+            "of the filter stage"
+        )
+    location = str(info["location"])
+    if location not in ("X", "raw.X"):
+        raise InputError(f"{path}: uns {SELECTION_UNS!r} location {location!r} is not X or raw.X")
+    shape = (int(info["n_obs"]), int(info["n_vars"]))
+    for kind, frame, column in (("obs", adata.obs, ROW), ("var", adata.var, COLUMN)):
+        if column not in frame.columns:
+            raise InputError(f"{path}: {kind} column {column!r} missing")
+    if "feature_name" not in adata.var.columns:
+        raise InputError(f"{path}: var column 'feature_name' missing")
+    rows = _positions(adata.obs[ROW], shape[0], f"obs column {ROW!r}", path)
+    columns = _positions(adata.var[COLUMN], shape[1], f"var column {COLUMN!r}", path)
+
+    guard.check_h5ad(source)
+    with h5py.File(source, "r") as fh, reading(source, "obs and var"):
+        if _node_key(location) not in fh:
+            raise InputError(
+                f"{path}: made from the counts in {location}, but {source} has no {location}: "
+                "rerun the filter stage"
+            )
+        found = matrix_shape(fh[_node_key(location)])
+        if found != shape:
+            raise InputError(
+                f"{path}: made from an input of {shape[0]} cells x {shape[1]} genes, but "
+                f"{source} has {found[0]} x {found[1]}: rerun the filter stage"
+            )
+        cells = _index(fh, "obs", source)
+        gene_ids = _index(fh, "var" if location == "X" else "raw/var", source)
+    for what, ids, names, positions in (
+        ("cell", cells, adata.obs_names, rows),
+        ("gene", gene_ids, adata.var_names, columns),
+    ):
+        there = ids[positions]
+        differ = np.flatnonzero(there != names.astype(str))
+        if differ.size:
+            i = int(differ[0])
+            raise InputError(
+                f"{path}: {what} {names[i]!r} is {there[i]!r} in {source} (position "
+                f"{int(positions[i])}): made from another input, rerun the filter stage"
+            )
+    return Selection(
+        path=path,
+        source=source,
+        location=location,
+        obs=adata.obs.drop(columns=ROW),
+        var=adata.var.drop(columns=COLUMN),
+        rows=rows,
+        columns=columns,
+        shape=shape,
+    )
 
 
 # --------------------------------------------------------------------------- cell tables

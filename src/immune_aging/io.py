@@ -4,7 +4,11 @@ Every stage writes through an :class:`Outputs` transaction: files and folders ar
 first written under temporary names next to their destination and renamed into
 place only when the whole stage has succeeded, so a failed or killed stage never
 leaves a file DVC could take for a result. Formats are community ones only:
-h5ad (zstd-compressed through hdf5plugin), parquet, JSON, CSV, GMT and PNG.
+h5ad, parquet, JSON, CSV, GMT and PNG. The h5ad files the stages write are
+gzip-compressed, which every HDF5 reader decodes: they open in a plain
+``anndata.read_h5ad``. The simulated input (a large count matrix) is
+zstd-compressed through hdf5plugin; reading it needs ``import hdf5plugin``, which
+this module does.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hdf5plugin  # registers the zstd filter with h5py; readers need it too
+import hdf5plugin  # registers the zstd filter with h5py, to read zstd-compressed inputs
 
 from immune_aging.errors import InputError
 
-#: zstd level 3: measured in bench/compression.md as small as gzip and as fast as none.
+#: The simulated input's count matrix: zstd level 3, measured in
+#: bench/results/compression.md as small as gzip-4 and 3-4x faster to write.
 H5AD_COMPRESSION = dict(hdf5plugin.Zstd(clevel=3))
+#: The stages' h5ad outputs: gzip level 4, built into every HDF5 reader, so the files
+#: open without hdf5plugin; within 5 % of zstd-3's size on them, a few seconds slower
+#: to write (bench/results/compression.md).
+OUTPUT_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
 _TMP_TAG = ".tmp-"
 
 
@@ -38,7 +47,7 @@ class Outputs:
     Examples
     --------
     >>> with Outputs() as out:                                  # doctest: +SKIP
-    ...     adata.write_h5ad(out.file("data/filter/filtered.h5ad"))
+    ...     adata.write_h5ad(out.file("data/preprocess/pca.h5ad"))
     """
 
     def __init__(self) -> None:
@@ -119,7 +128,9 @@ def _remove(path: Path) -> None:
 
 
 def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> None:
-    """Write an AnnData to ``path`` with zstd compression.
+    """Write an AnnData to ``path`` with gzip compression (:data:`OUTPUT_COMPRESSION`).
+
+    Any HDF5 reader opens the file (``anndata.read_h5ad`` without hdf5plugin).
 
     Parameters
     ----------
@@ -130,8 +141,8 @@ def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> None:
     """
     adata.write_h5ad(
         path,
-        compression=H5AD_COMPRESSION["compression"],
-        compression_opts=H5AD_COMPRESSION["compression_opts"],
+        compression=OUTPUT_COMPRESSION["compression"],
+        compression_opts=OUTPUT_COMPRESSION["compression_opts"],
     )
 
 

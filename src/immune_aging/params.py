@@ -153,6 +153,9 @@ class DeParams:
     min_expression_ratio: float = _f(ge=0.0, lt=1.0)
     min_mu: float = _f(gt=0.0)
     wald_distribution: Literal["t", "normal"]
+    min_mean_count: float = _f(ge=0.0)
+    cell_types: list[str]
+    solver: Literal["batched", "pydeseq2"]
 
     def problem(self) -> tuple[str, str] | None:
         """Return ``(key, what is wrong)`` across keys, or None."""
@@ -163,6 +166,8 @@ class DeParams:
             )
         if len(set(self.covariates)) != len(self.covariates):
             return "covariates", "a covariate is listed twice"
+        if len(set(self.cell_types)) != len(self.cell_types):
+            return "cell_types", "a cell type is listed twice"
         return None
 
 

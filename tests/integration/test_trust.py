@@ -144,7 +144,7 @@ def test_sigkill_while_writing_leaves_nothing_dvc_accepts(repo, idle_machine):
         time.sleep(0.005)
     proc.wait(timeout=30)
     assert killed, "the stage finished before it could be killed"
-    final = repo / "data/filter/filtered.h5ad"
+    final = repo / "data/filter/selection.h5ad"
     assert not final.exists()
     assert "filter" in dvc(repo, "status").stdout
     out = dvc(repo, "repro").stdout

@@ -69,7 +69,10 @@ class CellTypeSummary:
     n_dropped_unknown_age
         Donors dropped because their age is unknown.
     n_genes_tested
-        Genes at or above the count threshold and not borrowed from other cell types.
+        Genes at or above the count thresholds and not borrowed from other cell types.
+    n_genes_low_mean
+        Genes with ``min_total_count`` counts but a mean count per donor below
+        ``min_mean_count``, not tested.
     n_genes_borrowed
         Genes above the count threshold left untested because their expression in
         this cell type is mostly other cell types' RNA (see :func:`expression_ratio`).
@@ -88,6 +91,7 @@ class CellTypeSummary:
     n_donors: int = 0
     n_dropped_unknown_age: int = 0
     n_genes_tested: int = 0
+    n_genes_low_mean: int = 0
     n_genes_borrowed: int = 0
     n_up: int = 0
     n_down: int = 0
@@ -109,6 +113,7 @@ class CellTypeSummary:
             "n_donors": self.n_donors,
             "n_dropped_unknown_age": self.n_dropped_unknown_age,
             "n_genes_tested": self.n_genes_tested,
+            "n_genes_low_mean": self.n_genes_low_mean,
             "n_genes_borrowed": self.n_genes_borrowed,
             "n_up": self.n_up,
             "n_down": self.n_down,
@@ -149,6 +154,7 @@ def prepare_cell_type(
     min_donors: int,
     covariates: tuple[str, ...] | list[str] = ("sex",),
     borrowed: np.ndarray | None = None,
+    min_mean_count: float = 0.0,
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, CellTypeSummary]:
     """Build the DESeq2 inputs of one cell type, or say why it cannot be tested.
 
@@ -169,6 +175,9 @@ def prepare_cell_type(
     borrowed
         Boolean per gene: not tested here (mostly other cell types' RNA); ``None``:
         every gene may be tested.
+    min_mean_count
+        Genes whose mean count over the kept donors is below this are not tested
+        (counted in ``n_genes_low_mean``).
 
     Returns
     -------
@@ -217,13 +226,20 @@ def prepare_cell_type(
         summary.skipped = f"{summary.n_donors} donors are too few for the design {design}"
         return None, None, summary
     x = _dense(adata.X[np.flatnonzero(known)]).astype(np.float64)
-    keep = x.sum(axis=0) >= min_total_count
+    total = x.sum(axis=0)
+    keep = total >= min_total_count
+    low = keep & (total < min_mean_count * len(x))
+    summary.n_genes_low_mean = int(low.sum())
+    keep &= ~low
     if borrowed is not None:
         summary.n_genes_borrowed = int((keep & borrowed).sum())
         keep &= ~borrowed
     summary.n_genes_tested = int(keep.sum())
     if summary.n_genes_tested == 0:
-        summary.skipped = f"no gene with at least de.min_total_count={min_total_count} counts"
+        summary.skipped = (
+            f"no gene with at least de.min_total_count={min_total_count} counts and a mean "
+            f"of de.min_mean_count={min_mean_count:g} per donor"
+        )
         return None, None, summary
     index = adata.obs_names[known].astype(str)
     counts = pd.DataFrame(
@@ -264,15 +280,45 @@ def expression_ratio(adata: Any) -> pd.DataFrame:
         Cell types (sorted) x genes (``adata.var_names``), values in [0, 1]; 1 for
         the type expressing the gene most, 0 where the gene has no count.
     """
-    x = _dense(adata.X).astype(np.float64)
-    totals = x.sum(axis=1, keepdims=True)
-    cpm = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * 1e6
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     types = sorted(set(labels))
-    means = np.vstack([cpm[labels == t].mean(axis=0) for t in types]) if types else cpm[:0]
+    rows = []
+    for t in types:  # one cell type's samples at a time: memory of one dense block
+        x = _dense(adata.X[np.flatnonzero(labels == t)]).astype(np.float64)
+        totals = x.sum(axis=1, keepdims=True)
+        cpm = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * 1e6
+        rows.append(cpm.mean(axis=0))
+    means = np.vstack(rows) if rows else np.zeros((0, adata.n_vars))
     top = means.max(axis=0, initial=0.0)
     ratio = np.divide(means, top, out=np.zeros_like(means), where=top > 0)
     return pd.DataFrame(ratio, index=types, columns=adata.var_names.astype(str))
+
+
+def options(params: Any) -> dict[str, Any]:
+    """Return the keyword arguments of :func:`differential_expression` from ``DeParams``.
+
+    Parameters
+    ----------
+    params
+        The ``de`` section (:class:`immune_aging.params.DeParams`).
+
+    Returns
+    -------
+    dict
+        Every argument but ``adata`` and ``n_jobs``.
+    """
+    return {
+        "alpha": params.alpha,
+        "min_total_count": params.min_total_count,
+        "min_donors": params.min_donors,
+        "covariates": params.covariates,
+        "min_expression_ratio": params.min_expression_ratio,
+        "min_mu": params.min_mu,
+        "t_test": params.wald_distribution == "t",
+        "min_mean_count": params.min_mean_count,
+        "cell_types": list(params.cell_types),
+        "solver": params.solver,
+    }
 
 
 def differential_expression(
@@ -285,6 +331,9 @@ def differential_expression(
     min_expression_ratio: float = 0.0,
     min_mu: float = 0.5,
     t_test: bool = False,
+    min_mean_count: float = 0.0,
+    cell_types: list[str] | tuple[str, ...] = (),
+    solver: str = "batched",
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, list[CellTypeSummary]]:
     """Test every cell type of a pseudobulk AnnData for genes changing with age.
@@ -306,9 +355,15 @@ def differential_expression(
         A gene is tested in a cell type only where its mean CPM reaches this
         fraction of its highest mean CPM among the cell types
         (:func:`expression_ratio`); 0 tests every gene.
-    min_mu, t_test
+    min_mu, t_test, solver
         DESeq2 settings, see :func:`immune_aging.analysis.deseq.age_wald_test`
-        (the defaults are PyDESeq2's).
+        (the defaults of the first two are PyDESeq2's).
+    min_mean_count
+        Genes with a lower mean count per donor in a cell type are not tested there.
+    cell_types
+        The cell types tested; empty: every cell type of ``adata``. Expression
+        ratios (``min_expression_ratio``) are computed over every cell type all the
+        same.
     n_jobs
         Cell types fitted in parallel (processes); results do not depend on it.
 
@@ -322,11 +377,15 @@ def differential_expression(
     """
     labels = adata.obs["cell_type"]
     names = list(labels.cat.categories) if isinstance(labels.dtype, pd.CategoricalDtype) else []
-    cell_types = sorted(set(map(str, names)) | set(labels.astype(str)))
+    present = sorted(set(map(str, names)) | set(labels.astype(str)))
+    missing = [c for c in cell_types if c not in present]
+    if missing:
+        raise ValueError(f"cell type {missing[0]!r} not in the data")
+    chosen = sorted(cell_types) if cell_types else present
     jobs: list[tuple[pd.DataFrame, pd.DataFrame, CellTypeSummary]] = []
     summaries = []
     ratio = expression_ratio(adata) if min_expression_ratio > 0 else None
-    for ct in cell_types:
+    for ct in chosen:
         borrowed = None
         if ratio is not None and ct in ratio.index:
             borrowed = ratio.loc[ct].to_numpy() < min_expression_ratio
@@ -337,6 +396,7 @@ def differential_expression(
             min_donors=min_donors,
             covariates=covariates,
             borrowed=borrowed,
+            min_mean_count=min_mean_count,
         )
         summaries.append(summary)
         if summary.skipped:
@@ -344,7 +404,7 @@ def differential_expression(
         else:
             jobs.append((counts, metadata, summary))
     symbols = pd.Series(adata.var["feature_name"].astype(str).to_numpy(), index=adata.var_names)
-    options = {"min_mu": min_mu, "t_test": t_test}
+    options = {"min_mu": min_mu, "t_test": t_test, "solver": solver}
     args = [(c, m, s.design, alpha, options) for c, m, s in jobs]
     workers = max(1, min(n_jobs, len(jobs)))
     fitted = map_ordered(deseq.run_one, args, workers, label="cell types fitted")

@@ -1,45 +1,41 @@
 """Doublet detection with Scrublet, per group of cells (stage ``qc``).
 
-Scrublet (:func:`scanpy.pp.scrublet`) runs separately per group (donor, or 10x
-pool) on the cells that passed every QC threshold rule (empty droplets, dying
-cells and red-cell contamination are removed first, so they do not shape the
-doublet simulation; the seed workflow and sc-best-practices use the same order).
-Groups with fewer than ``min_cells`` such cells are not scored: their cells get
-``doublet_score`` NaN and ``predicted_doublet`` False. The doublet call uses the
+Scrublet (:func:`immune_aging.analysis.scrublet.scrublet`, the method of
+:func:`scanpy.pp.scrublet` with its defaults, computed faster) runs separately per
+group (donor, or 10x pool) on the cells that passed every QC threshold rule (empty
+droplets, dying cells and red-cell contamination are removed first, so they do not
+shape the doublet simulation; the seed workflow and sc-best-practices use the same
+order). Groups with fewer than ``min_cells`` such cells are not scored: their cells
+get ``doublet_score`` NaN and ``predicted_doublet`` False. The doublet call uses the
 threshold Scrublet itself would pick: the minimum between the two modes of the
 simulated-doublet score histogram (Glasbey's minimum method, as
 ``skimage.filters.threshold_minimum``), computed here so that scikit-image is not
 needed. A group whose histogram has no two modes calls no doublet. Neighbours are
-exact (scikit-learn) at every group size: scanpy would switch to approximate
-pynndescent above about 1,400 cells, whose compilation costs more than exact
-search saves at donor and pool sizes.
+exact at every group size.
 
-Every group is scored with one BLAS/numba thread and the same seed, so the
-scores do not depend on how many groups run in parallel
-(:func:`immune_aging.executor.map_ordered`).
+Every group is scored on one BLAS thread with the same seed, so the scores do not
+depend on how many groups run in parallel (:func:`immune_aging.executor.map_ordered`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
-from collections.abc import Iterator
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import ndimage, sparse
 
+from immune_aging.analysis.scrublet import scrublet
 from immune_aging.errors import InputError
 from immune_aging.executor import map_ordered
 
 log = logging.getLogger(__name__)
 
 #: below this many cells in all scored groups together, Scrublet runs in-process: a
-#: spawned worker spends about 10 s importing scanpy and compiling numba code, more
-#: than it saves on ~1 ms per cell
-PARALLEL_MIN_CELLS = 50_000
+#: spawned worker spends about 1 s importing its modules, more than it saves on
+#: ~0.15 ms per cell
+PARALLEL_MIN_CELLS = 20_000
 
 
 def doublet_threshold(
@@ -101,21 +97,6 @@ def _local_maxima(hist: np.ndarray) -> list[int]:
     return maxima
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run BLAS, OpenMP and numba code on one thread inside the block."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        numba.set_num_threads(before)
-
-
 def _scrub(job: tuple[sparse.csr_matrix, float, int]) -> tuple[np.ndarray, np.ndarray] | str:
     """Scrublet scores of one group: (observed, simulated-doublet) scores, or why it failed."""
     try:
@@ -127,25 +108,8 @@ def _scrub(job: tuple[sparse.csr_matrix, float, int]) -> tuple[np.ndarray, np.nd
 def _scrub_group(
     counts: sparse.csr_matrix, expected_doublet_rate: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    import scanpy as sc
-
-    with _one_thread(), warnings.catch_warnings():
-        # the placeholder threshold can leave Scrublet's summary rate at 0/0
-        warnings.filterwarnings(
-            "ignore", "invalid value encountered in scalar divide", RuntimeWarning
-        )
-        obs = pd.DataFrame(index=pd.RangeIndex(counts.shape[0]).astype(str))
-        result = sc.pp.scrublet(
-            ad.AnnData(X=counts, obs=obs),
-            expected_doublet_rate=expected_doublet_rate,
-            random_state=seed,
-            threshold=1.0,  # placeholder: the call is made by doublet_threshold
-            use_approx_neighbors=False,  # exact kNN: no pynndescent JIT, same at every size
-            verbose=False,
-            copy=True,
-        )
-    scores = result.obs["doublet_score"].to_numpy(dtype=np.float64)
-    return scores, np.asarray(result.uns["scrublet"]["doublet_scores_sim"], dtype=np.float64)
+    result = scrublet(counts, expected_doublet_rate=expected_doublet_rate, seed=seed)
+    return result.obs, result.sim
 
 
 def detect_doublets(
@@ -185,7 +149,8 @@ def detect_doublets(
         ``predicted_doublet``; per group ``n_cells`` (eligible), ``scored``,
         ``threshold`` (NaN when not scored or not found), ``n_doublets`` and
         ``note`` (why a group was not scored or called no doublet; a group on which
-        Scrublet raises ``ValueError`` is reported there, not scored).
+        Scrublet raises ``ValueError``, e.g. with too few variable genes, is reported
+        there, not scored).
     """
     labels = pd.Series(groups).astype(str).to_numpy()
     eligible = np.asarray(eligible, dtype=bool)

@@ -22,30 +22,31 @@ removed against the rest, with a warning when they differ. ``prevalence =
 kept): the pseudobulk stage's ``min_cells`` then drops only the (cell type,
 donor) samples with too few cells.
 
-Rules 1-3 need only ``obs``, so the stage applies them to a backed file and loads
-the counts of the kept cells alone.
+Rules 1-3 need only ``obs``, so the stage applies them to a backed file, streams
+the kept cells' counts once to find the genes with any count, and writes the
+selection (:func:`assemble_selection`), not a copy of the counts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
+from immune_aging.counts import COLUMN, ROW, SELECTION_UNS
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
 
 DONOR_KEY = "donor_id"
 CELL_TYPE_KEY = "cell_type"
-#: obs columns carried into ``filtered.h5ad``; the optional ones only when present
+#: obs columns carried into ``selection.h5ad``; the optional ones only when present
 #: (the stage passes ``filter.keep_obs`` instead).
 OBS_COLUMNS = ("donor_id", "cell_type", "development_stage", "sex")
 OPTIONAL_OBS_COLUMNS = ("pool",)
@@ -391,52 +392,36 @@ def _tidy_obs(obs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def _blocks(values: np.ndarray, size: int = 1 << 24) -> Iterator[np.ndarray]:
-    """Yield views of ``values`` in blocks (bounds temporaries on big matrices)."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _csr_float32(counts: Any) -> sparse.csr_matrix:
-    """Return ``counts`` as canonical CSR float32 without explicit zeros.
-
-    A new object unless ``counts`` already is one.
-    """
-    if (
-        isinstance(counts, sparse.csr_matrix)
-        and counts.dtype == np.float32
-        and counts.has_canonical_format
-        and not any((block == 0).any() for block in _blocks(counts.data))
-    ):
-        return counts
-    matrix = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    return matrix
-
-
-def assemble_filtered(
-    counts: Any,
+def assemble_selection(
     obs: pd.DataFrame,
     var: pd.DataFrame,
     *,
+    keep: np.ndarray,
+    genes: np.ndarray,
+    location: str,
     obs_columns: Sequence[str] = OBS_COLUMNS,
     extra_obs: Sequence[str] = OPTIONAL_OBS_COLUMNS,
 ) -> ad.AnnData:
-    """Build the filtered AnnData: kept cells, genes with any count, tidy metadata.
+    """Build the selection: the kept cells and genes with their positions in the input.
+
+    The counts stay in the input file; later stages read them through the
+    selection (:func:`immune_aging.counts.read_selection`).
 
     Parameters
     ----------
-    counts
-        Raw counts of the kept cells (cells x genes, sparse or dense). A canonical
-        CSR float32 matrix whose every gene has counts is used as is (shared, not
-        copied: the result's ``X`` is ``counts``); anything else is converted.
     obs
-        Annotations of the kept cells, same order as ``counts`` rows. The columns
+        Annotations of every input cell, in file order. The columns
         ``obs_columns`` are kept, plus those of ``extra_obs`` that are present;
         unused categories are removed.
     var
-        Gene annotations with ``feature_name``, same order as ``counts`` columns.
+        Annotations of every gene of the input's counts, with ``feature_name``.
+    keep
+        Boolean mask of the kept cells over ``obs``.
+    genes
+        Boolean mask of the kept genes over ``var`` (those with any count in the
+        kept cells).
+    location
+        Where the input's raw counts are (``"X"`` or ``"raw.X"``).
     obs_columns
         Required obs columns to carry.
     extra_obs
@@ -446,43 +431,53 @@ def assemble_filtered(
     Returns
     -------
     anndata.AnnData
-        Counts in ``X`` (CSR float32), obs as above, var ``feature_name`` (strings);
-        genes with zero total counts removed.
+        No ``X``; obs as above plus ``row`` (each cell's row in the input), var
+        ``feature_name`` (strings) and ``column`` (each gene's column in the input's
+        counts), ``uns['selection']`` the location and the input's shape.
 
     Raises
     ------
     InputError
-        If a required column is missing or shapes disagree.
+        If a required column is missing, a mask has the wrong length or a carried
+        column is named like a position column.
     """
-    if counts.shape != (len(obs), len(var)):
+    keep = np.asarray(keep, dtype=bool)
+    genes = np.asarray(genes, dtype=bool)
+    if len(keep) != len(obs) or len(genes) != len(var):
         raise InputError(
-            f"counts shape {counts.shape} does not match obs ({len(obs)}) x var ({len(var)})"
+            f"masks of {len(keep)} cells and {len(genes)} genes do not match obs ({len(obs)}) "
+            f"and var ({len(var)})"
         )
     missing = [c for c in obs_columns if c not in obs.columns]
     if missing:
         raise InputError(f"obs column {missing[0]!r} missing")
     if "feature_name" not in var.columns:
         raise InputError("var column 'feature_name' missing")
-    matrix = _csr_float32(counts)
-    genes = np.zeros(matrix.shape[1], dtype=bool)
-    for block in _blocks(matrix.indices):
-        genes[block] = True
-    if not genes.all():
-        matrix = matrix[:, genes].tocsr()
-        matrix.sort_indices()
     extra = [c for c in dict.fromkeys(extra_obs) if c not in obs_columns]
     absent = [c for c in extra if c not in obs.columns]
     if absent:
         log.info("obs columns not in the input, not carried: %s", ", ".join(absent))
     columns = [*obs_columns, *(c for c in extra if c in obs.columns)]
+    if ROW in columns:
+        raise InputError(f"obs column {ROW!r} cannot be carried: the selection uses the name")
+    new_obs = _tidy_obs(obs.loc[keep], columns)
+    new_obs.index = new_obs.index.astype(str)
+    new_obs[ROW] = np.flatnonzero(keep).astype(np.int64)
     new_var = pd.DataFrame(
-        {"feature_name": var["feature_name"].astype(str).to_numpy()[genes]},
+        {
+            "feature_name": var["feature_name"].astype(str).to_numpy()[genes],
+            COLUMN: np.flatnonzero(genes).astype(np.int64),
+        },
         index=var.index[genes].astype(str),
     )
-    new_obs = _tidy_obs(obs, columns)
-    new_obs.index = new_obs.index.astype(str)
     log.info("dropped %d genes with zero counts; %d kept", int((~genes).sum()), int(genes.sum()))
-    return ad.AnnData(X=matrix, obs=new_obs, var=new_var)
+    selection = ad.AnnData(obs=new_obs, var=new_var)
+    selection.uns[SELECTION_UNS] = {
+        "location": str(location),
+        "n_obs": len(obs),
+        "n_vars": len(var),
+    }
+    return selection
 
 
 def summary(
@@ -490,7 +485,7 @@ def summary(
     *,
     obs: pd.DataFrame,
     n_genes_in: int,
-    filtered: ad.AnnData,
+    kept: ad.AnnData,
     ages_removed: dict[str, Any] | None = None,
     warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -504,8 +499,8 @@ def summary(
         Annotations of the input cells.
     n_genes_in
         Genes in the input.
-    filtered
-        The output of :func:`assemble_filtered`.
+    kept
+        The output of :func:`assemble_selection`.
     ages_removed, warnings
         The output of :func:`rule_ages`.
 
@@ -538,26 +533,26 @@ def summary(
             "donors_removed": len(selection.donors_removed_cell_types),
             "donors": selection.donors_removed_cell_types,
         },
-        "zero_count_genes_removed": n_genes_in - filtered.n_vars,
-        "cells_out": filtered.n_obs,
-        "donors_out": int(filtered.obs[DONOR_KEY].nunique()),
-        "genes_out": filtered.n_vars,
-        "cell_types_out": int(filtered.obs[CELL_TYPE_KEY].nunique()),
+        "zero_count_genes_removed": n_genes_in - kept.n_vars,
+        "cells_out": kept.n_obs,
+        "donors_out": int(kept.obs[DONOR_KEY].nunique()),
+        "genes_out": kept.n_vars,
+        "cell_types_out": int(kept.obs[CELL_TYPE_KEY].nunique()),
         "cell_types_kept": selection.cell_types_kept,
         "ages_removed": dict(ages_removed or {}),
         "warnings": list(warnings),
     }
 
 
-def donor_table(selection: CellSelection, filtered: ad.AnnData) -> pd.DataFrame:
+def donor_table(selection: CellSelection, kept: ad.AnnData) -> pd.DataFrame:
     """Tabulate cells per donor before and after filtering.
 
     Parameters
     ----------
     selection
         Result of :func:`select_cells`.
-    filtered
-        The filtered AnnData.
+    kept
+        The output of :func:`assemble_selection`.
 
     Returns
     -------
@@ -566,7 +561,7 @@ def donor_table(selection: CellSelection, filtered: ad.AnnData) -> pd.DataFrame:
         ``kept`` (after all rules) and ``n_cells_kept``; sorted by ``n_cells``.
     """
     per_donor = selection.cells_per_donor
-    kept_cells = filtered.obs[DONOR_KEY].astype(str).value_counts()
+    kept_cells = kept.obs[DONOR_KEY].astype(str).value_counts()
     table = pd.DataFrame(
         {
             "donor_id": per_donor.index.astype(str),

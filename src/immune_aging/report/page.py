@@ -34,7 +34,7 @@ from immune_aging.report.markup import (
     series_block,
 )
 from immune_aging.report.recorded import cell_types, cutoff, per_cell_type
-from immune_aging.report.removed import removals, render_removals, summary_line
+from immune_aging.report.removed import removals, render_removals, summary_line, warnings
 from immune_aging.report.style import CSS
 from immune_aging.report.tables import (
     packages_table,
@@ -136,7 +136,7 @@ def _findings_section(inputs: ReportInputs, counter: FigureCounter) -> str:
         "rule that can depend on age (few cells of some type) are listed with their ages "
         "where the stage recorded them.</p>"
     )
-    parts.append(render_removals(gone))
+    parts.append(render_removals(gone, warnings(inputs)))
     parts.append("</section>")
     return "".join(parts)
 

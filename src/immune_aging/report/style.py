@@ -107,6 +107,9 @@ code {
 .notrun {
   background: var(--nabg); padding: .6rem 1rem; border-radius: 6px; color: var(--muted);
 }
+.warning {
+  border-left: 4px solid #b8860b; background: #fff8e1; padding: .5rem 1rem; margin: .5rem 0;
+}
 .chips { margin: .3rem 0 .6rem; }
 .chips a {
   display: inline-block; margin: 0 .3rem .35rem 0; padding: .05rem .6rem;

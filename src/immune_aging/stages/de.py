@@ -23,7 +23,7 @@ PATHS = {
 
 
 def body(args, params: DeParams) -> None:
-    """Read pseudobulk counts, test every cell type, write results, metrics and plots."""
+    """Read pseudobulk counts, test the cell types, write results, metrics and plots."""
     adata = io.read_h5ad(args.input)
     counts.validate_pseudobulk(adata, args.input)
     for name in params.covariates:
@@ -32,16 +32,15 @@ def body(args, params: DeParams) -> None:
             raise InputError(
                 f"{args.input}: obs column {name!r} missing: de.covariates needs it{hint}"
             )
+    present = set(adata.obs["cell_type"].astype(str))
+    for name in params.cell_types:
+        if name not in present:
+            raise InputError(
+                f"{args.input}: de.cell_types: cell type {name!r} not in the data "
+                f"({len(present)} cell types, e.g. {sorted(present)[0]!r})"
+            )
     results, summaries = de.differential_expression(
-        adata,
-        alpha=params.alpha,
-        min_total_count=params.min_total_count,
-        min_donors=params.min_donors,
-        covariates=params.covariates,
-        min_expression_ratio=params.min_expression_ratio,
-        min_mu=params.min_mu,
-        t_test=params.wald_distribution == "t",
-        n_jobs=n_threads(),
+        adata, n_jobs=n_threads(), **de.options(params)
     )
     if all(s.skipped for s in summaries):
         example = (

@@ -1,9 +1,13 @@
-"""Stage ``filter``: drop rare donors and cell types; keep the raw counts of the rest.
+"""Stage ``filter``: drop rare donors and cell types; write which cells and genes remain.
 
 Reads the input backed (only ``obs`` and ``var`` in memory), applies the rules of
 :mod:`immune_aging.analysis.filtering` to the annotations, then streams the kept
-cells' raw counts (:func:`immune_aging.counts.read_counts`) and drops genes
-without any count. Peak memory is about the output matrix plus one block.
+cells' raw counts once (:func:`immune_aging.counts.expressed_genes`) to find the
+genes with any count. Writes the selection, not a copy of the counts:
+``selection.h5ad`` holds the kept cells (obs, with each cell's row in the input)
+and genes (var, with each gene's column), and later stages read the input's
+counts through it (:func:`immune_aging.counts.read_selection`). Memory is the
+annotations plus one block of counts.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from immune_aging.validate import validate_dataset
 NAME = "filter"
 PATHS = {
     "input": "input h5ad (CELLxGENE schema)",
-    "out": "filtered h5ad to write",
+    "out": "selection h5ad to write (kept cells and genes, no counts)",
     "metrics": "metrics JSON to write",
     "plots": "folder of figures to write",
 }
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def body(args, params: FilterParams) -> None:
-    """Filter donors, cell types and genes; write the filtered counts."""
+    """Filter donors, cell types and genes; write the selection."""
     backed = io.read_h5ad(args.input, backed=True)
     try:
         location = validate_dataset(backed, args.input)
@@ -47,23 +51,28 @@ def body(args, params: FilterParams) -> None:
     ages_removed, warnings = filtering.rule_ages(
         obs, selection, min_cells_per_celltype=params.min_cells_per_celltype
     )
-    matrix, genes = counts.read_counts(args.input, location, selection.keep)
-    filtered = filtering.assemble_filtered(
-        matrix, obs.loc[selection.keep], var.loc[genes], extra_obs=params.keep_obs
+    genes = counts.expressed_genes(args.input, location, selection.keep)
+    kept = filtering.assemble_selection(
+        obs,
+        var,
+        keep=selection.keep,
+        genes=genes,
+        location=location,
+        extra_obs=params.keep_obs,
     )
-    filtered.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input])
+    kept.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input])
     metrics = filtering.summary(
         selection,
         obs=obs,
         n_genes_in=len(var),
-        filtered=filtered,
+        kept=kept,
         ages_removed=ages_removed,
         warnings=warnings,
     )
-    table = filtering.donor_table(selection, filtered)
+    table = filtering.donor_table(selection, kept)
 
     with io.Outputs() as out:
-        io.write_h5ad(filtered, out.file(args.out))
+        io.write_h5ad(kept, out.file(args.out))
         io.write_json(metrics, out.file(args.metrics))
         plots = out.dir(args.plots)
         table.to_csv(plots / "cells_per_donor.csv", index=False)
@@ -71,7 +80,7 @@ def body(args, params: FilterParams) -> None:
             filtering.plot_cells_per_donor(table, cutoff=selection.cutoff),
             plots / "cells_per_donor.png",
         )
-    log.info("%d cells x %d genes written to %s", filtered.n_obs, filtered.n_vars, args.out)
+    log.info("%d cells x %d genes selected, written to %s", kept.n_obs, kept.n_vars, args.out)
 
 
 main = stage.main_for(NAME, __doc__, PATHS, body)

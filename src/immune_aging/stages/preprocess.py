@@ -1,8 +1,9 @@
 """Stage ``preprocess``: HVGs, normalisation and PCA of the cells kept by QC.
 
-Reads only the counts of the cells QC kept (:func:`immune_aging.counts.read_counts`)
-and writes ``pca.h5ad`` without an ``X`` matrix: the embedding, the gene table and
-the loadings only (later stages read counts from ``filtered.h5ad``). The method is
+Reads from the input file only the counts of the cells QC kept, of the genes the
+``filter`` stage selected (:func:`immune_aging.counts.read_selection`), and writes
+``pca.h5ad`` without an ``X`` matrix: the embedding, the gene table and the
+loadings only (later stages read counts through the selection). The method is
 described in :mod:`immune_aging.analysis.preprocess`.
 """
 
@@ -20,7 +21,8 @@ from immune_aging.params import PreprocessParams, as_dict
 
 NAME = "preprocess"
 PATHS = {
-    "input": "filtered h5ad (raw counts)",
+    "selection": "selection h5ad of the filter stage",
+    "raw": "input h5ad holding the raw counts",
     "cells": "QC cell table (parquet)",
     "out": "PCA h5ad to write",
     "metrics": "metrics JSON to write",
@@ -31,15 +33,9 @@ log = logging.getLogger(__name__)
 
 def body(args, params: PreprocessParams) -> None:
     """Select HVGs, normalise, run PCA; write the embedding without X."""
-    backed = io.read_h5ad(args.input, backed=True)
-    try:
-        keep = counts.read_keep(args.cells, backed.obs_names, args.input)
-        obs = backed.obs.loc[keep].copy()
-        var = backed.var.copy()
-    finally:
-        backed.file.close()
-    matrix, _ = counts.read_counts(args.input, "X", keep, drop_empty_genes=False)
-    adata = ad.AnnData(X=matrix, obs=obs, var=var)
+    chosen = counts.read_selection(args.selection, args.raw)
+    keep = counts.read_keep(args.cells, chosen.obs_names, args.selection)
+    adata = ad.AnnData(X=chosen.read(keep), obs=chosen.obs.loc[keep].copy(), var=chosen.var)
     log.info("%d of %d cells kept by QC", adata.n_obs, len(keep))
     result, info = preprocess.preprocess(
         adata,
@@ -51,7 +47,9 @@ def body(args, params: PreprocessParams) -> None:
         n_comps=params.n_comps,
         seed=params.seed,
     )
-    result.uns["provenance"] = provenance.record(NAME, as_dict(params), [args.input, args.cells])
+    result.uns["provenance"] = provenance.record(
+        NAME, as_dict(params), [args.selection, args.raw, args.cells]
+    )
     variance = preprocess.variance_table(result)
     figures = {
         "pca.png": preprocess.plot_pca(result, seed=params.seed),

@@ -1,9 +1,11 @@
 """Stage ``qc``: per-cell QC metrics, threshold rules and Scrublet doublets.
 
-Writes a per-cell table (``cells.parquet``), not a copy of the count matrix:
-later stages read the counts from ``filtered.h5ad`` and keep the cells whose
-``keep`` is true. The method is described in :mod:`immune_aging.analysis.qc`
-and :mod:`immune_aging.analysis.doublets`.
+Reads the raw counts of the cells and genes the ``filter`` stage selected from
+the input file (:func:`immune_aging.counts.read_selection`), and writes a per-cell
+table (``cells.parquet``), not a copy of the count matrix: later stages read the
+counts through the selection and keep the cells whose ``keep`` is true. The
+method is described in :mod:`immune_aging.analysis.qc` and
+:mod:`immune_aging.analysis.doublets`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from immune_aging import io, stage
+import anndata as ad
+
+from immune_aging import counts, io, stage
 from immune_aging.analysis import doublets, qc, qc_plots
 from immune_aging.errors import InputError
 from immune_aging.params import QcParams
@@ -19,7 +23,8 @@ from immune_aging.threads import n_threads
 
 NAME = "qc"
 PATHS = {
-    "input": "filtered h5ad (raw counts)",
+    "selection": "selection h5ad of the filter stage",
+    "raw": "input h5ad holding the raw counts",
     "out": "per-cell QC table (parquet)",
     "metrics": "metrics JSON to write",
     "plots": "folder of figures to write",
@@ -29,11 +34,11 @@ log = logging.getLogger(__name__)
 
 def body(args, params: QcParams) -> None:
     """Compute QC metrics, apply the rules, detect doublets; write the cell table."""
-    adata = io.read_h5ad(args.input)
+    chosen = counts.read_selection(args.selection, args.raw)
     group_key = params.pool_key or "donor_id"
     hint = " (qc.pool_key)" if params.pool_key else ""
-    stage.require(adata, args.input, hint=hint, obs=[group_key])
-    stage.require(adata, args.input, var=["feature_name"])
+    stage.require(chosen, args.selection, hint=hint, obs=[group_key])
+    adata = ad.AnnData(X=chosen.read(), obs=chosen.obs, var=chosen.var)
     groups = adata.obs[group_key]
 
     metrics = qc.qc_metrics(adata)
@@ -62,7 +67,7 @@ def body(args, params: QcParams) -> None:
     if not table["keep"].any():
         worst = fails.sum().idxmax().removeprefix("fail_")
         raise InputError(
-            f"{args.input}: no cell passes QC (rule {worst!r} alone removes "
+            f"{args.selection}: no cell passes QC (rule {worst!r} alone removes "
             f"{int(fails.sum().max())} of {len(table)}); check the qc.* limits"
         )
     summary = qc.summary(
