@@ -32,6 +32,9 @@ Variants of a seed reuse its base run's upstream outputs:
 ``null``
     The null twin: the same design with ``age_effect_scale: 0`` (no change of
     expression with age; the composition still changes).
+``permuted_pool`` / ``null_pool``
+    DE alone on the ``permuted`` or ``null`` run's pseudobulk with
+    ``de.covariates: [sex, pool]``: the nulls of the ``pool`` variant.
 ``seed_filter``
     The filter stage alone with the seed's rules (``filter.prevalence:
     cell_types``): which cell types and donors its rules remove, and at what ages.
@@ -75,11 +78,25 @@ SCENARIOS = {
     "n200": {"n_donors": 200, "cells_per_donor": 250},
     "n981": {"n_donors": 981, "cells_per_donor": 50},
 }
-VARIANTS = ("base", "pool", "censor_drop", "censor_85", "permuted", "null", "seed_filter")
+VARIANTS = (
+    "base",
+    "pool",
+    "censor_drop",
+    "censor_85",
+    "permuted",
+    "null",
+    "permuted_pool",
+    "null_pool",
+    "seed_filter",
+)
+#: Variants that are nulls (nothing planted in expression), and the pool-adjusted ones.
+NULL_VARIANTS = ("permuted", "null", "permuted_pool", "null_pool")
 #: The study: (scenario, seeds, variants).
 STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("base", "permuted", "null")),
     ("n981", (1, 2), ("pool", "censor_drop", "censor_85")),
+    ("n981", (3, 4, 5), ("pool",)),
+    ("n981", (1, 2, 3, 4, 5), ("null_pool",)),
     ("n200", (1, 2, 3), ("base", "pool", "null", "censor_drop", "censor_85", "seed_filter")),
     ("n48", (1, 2, 3), ("base", "null", "seed_filter")),
 )
@@ -91,14 +108,20 @@ STAGES = {
     "censor_drop": ("pseudobulk", "de", "gsea", "ora", "predict"),
     "censor_85": ("pseudobulk", "de", "gsea", "ora", "predict"),
     "permuted": ("de",),
+    "permuted_pool": ("de",),
+    "null_pool": ("de",),
     "seed_filter": ("filter",),
 }
+#: The run whose outputs a variant reuses (``base`` unless named here).
+PARENT = {"permuted_pool": "permuted", "null_pool": "null"}
 SHARED = {
     "pool": ("data/raw", "data/filter", "data/qc", "data/pseudobulk", "data/genesets", "metrics"),
     "censor_drop": ("data/raw", "data/filter", "data/qc", "data/genesets"),
     "censor_85": ("data/raw", "data/filter", "data/qc", "data/genesets"),
     "permuted": ("data/raw", "data/genesets"),
     "seed_filter": ("data/raw",),
+    "permuted_pool": ("data/raw", "data/genesets", "data/pseudobulk"),
+    "null_pool": ("data/raw", "data/genesets", "data/pseudobulk"),
 }
 ALPHA = 0.05
 
@@ -122,6 +145,11 @@ def params_for(scenario: str, seed: int, variant: str) -> dict[str, Any]:
     params = deep_merge(params, {"data": {"synthetic": sizes}})
     over: dict[str, Any] = {
         "pool": {"de": {"covariates": ["sex", "pool"]}},
+        "permuted_pool": {"de": {"covariates": ["sex", "pool"]}},
+        "null_pool": {
+            "de": {"covariates": ["sex", "pool"]},
+            "data": {"synthetic": {"age_effect_scale": 0.0}},
+        },
         "censor_drop": {"pseudobulk": {"censored_age": "drop"}},
         "censor_85": {"pseudobulk": {"censored_age": "assign", "age_80_and_over": 85.0}},
         "null": {"data": {"synthetic": {"age_effect_scale": 0.0}}},
@@ -189,9 +217,10 @@ def run(scenario: str, seed: int, variant: str, *, force: bool = False) -> dict[
     done = folder / "scores.json"
     if done.exists() and not force:
         return json.loads(done.read_text())
-    base = folder_of(scenario, seed, "base")
+    parent = PARENT.get(variant, "base")
+    base = folder_of(scenario, seed, parent)
     if variant in SHARED and not (base / "scores.json").exists():
-        run(scenario, seed, "base")
+        run(scenario, seed, parent)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -432,7 +461,7 @@ def summarise(scratch: Path, results: Path, *, machine: str) -> dict[str, Any]:
                 {"seed": r["seed"], "ages_removed": r["ages_removed"], "warnings": r["warnings"]}
                 for r in rs
             ]
-        elif variant in ("permuted", "null"):
+        elif variant in NULL_VARIANTS:
             entry["null"] = _null_calls(rs)
             if variant == "null":
                 entry["decoys"] = {
@@ -549,7 +578,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "A trial is one (run, tested cell type); under the null the chance that BH at alpha",
         "calls anything in a trial is at most alpha. `permuted`: the base pseudobulk with",
         "ages permuted across donors; `null`: the same design simulated with",
-        "`age_effect_scale: 0`.",
+        "`age_effect_scale: 0`; `*_pool`: the same with `de.covariates: [sex, pool]`.",
         "",
         "| scenario | variant | runs | trials | trials with a discovery | rate (95 % CI) |"
         " discoveries |",
@@ -714,7 +743,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax2.set_title("Calibration: planted runs")
     names, rates, lows, highs = [], [], [], []
     for scenario, variants in sc.items():
-        for variant in ("permuted", "null"):
+        for variant in NULL_VARIANTS:
             e = variants.get(variant)
             if e and "null" in e and e["null"]["trials"]:
                 names.append(f"{scenario}\n{variant}")
