@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,7 @@ R = TypeVar("R")
 
 #: Seconds between two progress lines at most (a line is also logged at the end).
 PROGRESS_EVERY_S = 10.0
+_NO_JOB = object()
 #: The environment variable that chooses where jobs run.
 SCHEDULER_VAR = "IMMUNE_AGING_SCHEDULER"
 _EXPECTED = (
@@ -193,9 +195,14 @@ def map_ordered(
         total = len(jobs)  # type: ignore[arg-type]
     progress = Progress(label, total)
     where = scheduler()
+    todo = iter(jobs)
+    first = next(todo, _NO_JOB)
+    if first is _NO_JOB:  # no worker started for nothing
+        return []
+    todo = itertools.chain([first], todo)
     if where is not None:
-        return list(_on_dask(fn, iter(jobs), where, progress))
-    return list(_ordered(fn, iter(jobs), n_jobs, progress))
+        return list(_on_dask(fn, todo, where, progress))
+    return list(_ordered(fn, todo, n_jobs, progress))
 
 
 def _ordered(
@@ -267,13 +274,15 @@ def _on_dask(
 ) -> Iterator[R]:
     import distributed
 
+    start = time.perf_counter()
     with _client(where) as client:
         slots = _slots(client)
         log.info(
-            "%s: Dask scheduler %s, %d worker thread(s)",
+            "%s: Dask scheduler %s, %d worker thread(s), ready in %.1f s",
             progress.label or "jobs",
             client.scheduler.address,
             slots,
+            time.perf_counter() - start,
         )
         if not slots:
             log.warning("%s: no Dask worker yet; the jobs wait for one", where.describe())
