@@ -12,7 +12,7 @@ from pathlib import Path
 import dask
 import pytest
 
-from immune_aging import determinism, executor, runlog, stage
+from immune_aging import determinism, executor, runlog, stage, threads
 from immune_aging.errors import InputError
 
 
@@ -113,20 +113,41 @@ def test_bad_scheduler_is_an_input_error(value, what):
     assert str(exc.value).startswith(f"IMMUNE_AGING_SCHEDULER={value!r}: {what}")
 
 
-def test_bad_scheduler_stops_a_stage_with_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        (
+            "IMMUNE_AGING_SCHEDULER",
+            "local:0",
+            "IMMUNE_AGING_SCHEDULER='local:0': N must be a positive integer; expected "
+            "'tcp://HOST:PORT' (a running Dask scheduler) or 'local:N' (a Dask cluster of N "
+            "worker processes on this machine)",
+        ),
+        (
+            "IMMUNE_AGING_THREADS",
+            "zero",
+            "IMMUNE_AGING_THREADS='zero': expected a positive integer number of threads",
+        ),
+    ],
+)
+def test_a_bad_environment_stops_a_stage_with_one_line(
+    tmp_path, monkeypatch, capsys, var, value, message
+):
     monkeypatch.setenv(runlog.LOG_DIR_ENV, str(tmp_path / "logs"))
-    monkeypatch.setenv(executor.SCHEDULER_VAR, "local:0")
+    monkeypatch.setenv(var, value)
     params = tmp_path / "params.yaml"
     params.write_text("cluster: {resolution: 1.0, n_iterations: 2, seed: 0}\n")
     ran = []
     main = stage.main_for("cluster", "test", {}, lambda a, p: ran.append(p))
     assert main(["--params", str(params)]) == stage.EXIT_INPUT_ERROR
     assert not ran
-    assert capsys.readouterr().err.splitlines() == [
-        "error: cluster: IMMUNE_AGING_SCHEDULER='local:0': N must be a positive integer; "
-        "expected 'tcp://HOST:PORT' (a running Dask scheduler) or 'local:N' "
-        "(a Dask cluster of N worker processes on this machine)"
-    ]
+    assert capsys.readouterr().err.splitlines() == [f"error: cluster: {message}"]
+
+
+def test_a_bad_thread_count_fails_no_import(monkeypatch):
+    # importing immune_aging exports nothing then; the harness reports it
+    monkeypatch.setenv(threads.ENV_VAR, "-1")
+    assert threads.configure_threads() == 0
 
 
 def test_local_cluster_keeps_job_order_and_logs_progress(caplog, monkeypatch):
