@@ -150,16 +150,28 @@ def test_a_bad_thread_count_fails_no_import(monkeypatch):
     assert threads.configure_threads() == 0
 
 
-def test_local_cluster_keeps_job_order_and_logs_progress(caplog, monkeypatch):
+def test_local_cluster_keeps_job_order_draws_lazily_and_logs_progress(caplog, monkeypatch):
     monkeypatch.setenv(executor.SCHEDULER_VAR, "local:2")
     monkeypatch.setattr(executor, "PROGRESS_EVERY_S", 0.0)
-    jobs = [[1] * n for n in (3, 1, 2, 5, 4, 7, 6)]
+    drawn, seen = [], []
+
+    def jobs():
+        for n in (3, 1, 2, 5, 4, 7, 6):
+            drawn.append(n)
+            yield [1] * n
+
+    step = executor.Progress.step
+    monkeypatch.setattr(
+        executor.Progress, "step", lambda self, n=1: (seen.append(len(drawn)), step(self, n))
+    )
     with caplog.at_level(logging.INFO, logger="immune_aging.executor"):
         # n_jobs=1 would run in this process; the scheduler sends every job to the cluster
-        assert executor.map_ordered(len, iter(jobs), 1, label="groups", total=7) == [
+        assert executor.map_ordered(len, jobs(), 1, label="groups", total=7) == [
             3, 1, 2, 5, 4, 7, 6,
         ]  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records]
+    # two worker threads: at most four jobs in flight, the next drawn as each result comes
+    assert seen == [4, 5, 6, 7, 7, 7, 7]
+    lines = [r.getMessage() for r in caplog.records if r.name == "immune_aging.executor"]
     assert lines[0].startswith("groups: Dask scheduler tcp://127.0.0.1:")
     assert re.search(r", 2 worker thread\(s\), ready in \d+\.\d s$", lines[0])
     assert [line.split(",")[0] for line in lines[1:]] == [
