@@ -46,7 +46,7 @@ PACKAGES = ("dask", "distributed", "numpy", "scanpy", "pydeseq2", "gseapy", "sci
 #: ``HH:MM:SS stage: label: n of n done, S s``: the map's last progress line
 DONE = re.compile(r"^\S+ \w+: (?P<label>.+): (?P<n>\d+) of (?P=n) done, (?P<s>\d+) s$", re.M)
 READY = re.compile(
-    r"Dask scheduler \S+, (?P<threads>\d+) worker thread\(s\), ready in (?P<s>[\d.]+) s"
+    r"Dask scheduler [^,\s]+, (?P<threads>\d+) worker thread\(s\), ready in (?P<s>[\d.]+) s"
 )
 
 
@@ -89,6 +89,10 @@ def run_stage(project: Path, stage: str, spec: dict[str, Any], scheduler: str) -
     )
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()[0]
+    tag = (scheduler or "local").replace(":", "")
+    (project / "logs" / f"executor-{stage}-{tag}-{time.strftime('%H%M%S')}.log").write_text(
+        proc.stderr
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{stage} under {scheduler or 'local'} failed:\n{proc.stderr}")
     record = json.loads(log.read_text().splitlines()[before])
@@ -222,12 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--note", action="append", default=[], help="a line added to the report")
+    p.add_argument(
+        "--append", action="store_true", help="add these rounds to the runs in executor.json"
+    )
     args = p.parse_args(argv)
     stages = yaml.safe_load((args.project / "dvc.yaml").read_text())["stages"]
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     runs: list[dict[str, Any]] = []
     first: dict[str, str] = {}
-    for round_ in range(1, args.rounds + 1):
+    earlier = args.results / "executor.json"
+    if args.append and earlier.is_file():
+        old = json.loads(earlier.read_text())
+        runs, uptime = old["runs"], old["uptime_before"]
+        args.note = [*old.get("notes", []), *args.note]
+        for r in runs:
+            first.setdefault(r["stage"], r["outputs_sha256"])
+    done = max((r["round"] for r in runs), default=0)
+    for round_ in range(done + 1, done + args.rounds + 1):
         for stage in args.stages:
             for scheduler in args.schedulers:
                 r = run_stage(args.project, stage, stages[stage], scheduler)
