@@ -367,6 +367,21 @@ CASES = [
         "error: genesets: params.yaml: line 3 is not valid YAML",
         setup=not_yaml,
     ),
+    # the environment (checked by every stage before any input is read)
+    Case(
+        "env-threads-invalid",
+        "qc",
+        "error: qc: IMMUNE_AGING_THREADS='zero': expected a positive integer number of threads",
+        env={"IMMUNE_AGING_THREADS": "zero"},
+    ),
+    Case(
+        "env-scheduler-invalid",
+        "de",
+        "error: de: IMMUNE_AGING_SCHEDULER='tcp://scheduler': expected 'tcp://HOST:PORT' (a "
+        "running Dask scheduler) or 'local:N' (a Dask cluster of N worker processes on this "
+        "machine)",
+        env={"IMMUNE_AGING_SCHEDULER": "tcp://scheduler"},
+    ),
     # data.source and downloads
     Case(
         "source-plain-http",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from immune_aging import runlog
+from immune_aging import runlog, threads
 from immune_aging.errors import InputError
 from immune_aging.params import DEFAULT_PARAMS, load_section
 
@@ -117,6 +117,7 @@ def run_stage(
 
         matplotlib.use("Agg")  # figures are files; never open a window
         params = load_section(stage, args.params)
+        threads.check_environment()  # a bad thread count or scheduler: one line, no work
         body(args, params)
         return 0
     except InputError as exc:

@@ -7,7 +7,10 @@ all cores available to this process are used. Changing it never invalidates a DV
 cache, because it is not part of ``params.yaml``, and never changes a result:
 BLAS, whose sums depend on its thread count, runs on one thread
 (:mod:`immune_aging.determinism` pins ``OPENBLAS_NUM_THREADS=1`` first; with
-``IMMUNE_AGING_NATIVE=1`` BLAS gets the thread count too).
+``IMMUNE_AGING_NATIVE=1`` BLAS gets the thread count too). Where those worker
+processes run, here or on a Dask cluster, is chosen by ``IMMUNE_AGING_SCHEDULER``
+(:mod:`immune_aging.executor`). A stage given an invalid value of either stops
+before any work with one line (:func:`check_environment`, called by the harness).
 """
 
 from __future__ import annotations
@@ -74,9 +77,34 @@ def configure_threads() -> int:
     Returns
     -------
     int
-        The thread count in force.
+        The thread count in force; 0 when ``IMMUNE_AGING_THREADS`` is invalid (nothing
+        is exported, and the stage harness stops the stage with one line saying why,
+        see :func:`check_environment`).
     """
-    count = n_threads()
+    try:
+        count = n_threads()
+    except ValueError:
+        return 0
     for var in _LIBRARY_VARS:
         os.environ.setdefault(var, str(count))
     return count
+
+
+def check_environment() -> None:
+    """Check the variables that choose a stage's threads and executor, before any work.
+
+    Raises
+    ------
+    InputError
+        If ``IMMUNE_AGING_THREADS`` is not a positive integer, or
+        ``IMMUNE_AGING_SCHEDULER`` is not a scheduler address or ``local:N``
+        (:func:`immune_aging.executor.scheduler`).
+    """
+    from immune_aging.errors import InputError
+    from immune_aging.executor import scheduler
+
+    try:
+        n_threads()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    scheduler()

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from immune_aging.executor import map_ordered
+
 log = logging.getLogger(__name__)
 
 #: Columns of the results table, in order.
@@ -139,6 +141,14 @@ def prerank_cell_type(
     return out.sort_values("term", kind="mergesort").reset_index(drop=True)
 
 
+def _prerank_job(
+    job: tuple[pd.Series, Mapping[str, Sequence[str]], dict[str, Any]],
+) -> pd.DataFrame:
+    """Worker: :func:`prerank_cell_type` of one ``(ranking, gene sets, options)`` job."""
+    rnk, gene_sets, options = job
+    return prerank_cell_type(rnk, gene_sets, **options)
+
+
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -163,6 +173,7 @@ def gsea(
     seed: int,
     fdr: float,
     threads: int = 1,
+    n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Run preranked GSEA for every cell type of a DE results table.
 
@@ -182,6 +193,10 @@ def gsea(
         FDR below which a set counts as significant in the summary.
     threads
         Threads gseapy may use.
+    n_jobs
+        Local worker processes for the cell types (:func:`immune_aging.executor.map_ordered`;
+        1 runs them here, one after the other, gseapy's threads doing the parallel work;
+        under a Dask scheduler they run on its workers). Results do not depend on it.
 
     Returns
     -------
@@ -193,18 +208,28 @@ def gsea(
     """
     tables = []
     summary: dict[str, dict[str, Any]] = {}
-    for ct in sorted(de_results["cell_type"].astype(str).unique()):
-        rnk = ranking(de_results[de_results["cell_type"].astype(str) == ct])
+    cell_types = sorted(de_results["cell_type"].astype(str).unique())
+    ranked = [ranking(de_results[de_results["cell_type"].astype(str) == ct]) for ct in cell_types]
+    options = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "permutations": permutations,
+        "seed": seed,
+        "threads": threads,
+    }
+    jobs = (
+        (rnk, testable_sets(gene_sets, list(rnk.index), min_size=min_size, max_size=max_size))
+        for rnk in ranked
+    )
+    fitted = map_ordered(
+        _prerank_job,
+        ((rnk, sets, options) for rnk, sets in jobs),
+        n_jobs,
+        label="cell types tested",
+        total=len(cell_types),
+    )
+    for ct, rnk, res in zip(cell_types, ranked, fitted, strict=True):
         info: dict[str, Any] = {"n_genes": len(rnk), "n_sets_tested": 0, "n_up": 0, "n_down": 0}
-        res = prerank_cell_type(
-            rnk,
-            gene_sets,
-            min_size=min_size,
-            max_size=max_size,
-            permutations=permutations,
-            seed=seed,
-            threads=threads,
-        )
         if res.empty:
             info["skipped"] = (
                 f"no gene set with {min_size} to {max_size} genes among {len(rnk)} ranked genes"

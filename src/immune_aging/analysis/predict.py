@@ -30,6 +30,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVR
 
+from immune_aging.executor import map_ordered
+
 log = logging.getLogger(__name__)
 
 #: Keys of each cell type's entry in the metrics, in order.
@@ -304,6 +306,7 @@ def predict_age(
     test_size: float,
     seed: int,
     n_top_genes: int,
+    n_jobs: int = 1,
 ) -> tuple[dict[str, dict[str, float | int | None]], pd.DataFrame]:
     """Predict donor age from expression in every cell type of a pseudobulk AnnData.
 
@@ -319,6 +322,10 @@ def predict_age(
         Seed of the splits and of LinearSVR.
     n_top_genes
         Most expressed genes used as features.
+    n_jobs
+        Local worker processes for the cell types (:func:`immune_aging.executor.map_ordered`;
+        1 runs them here, one after the other; under a Dask scheduler they run on its
+        workers). Results do not depend on it.
 
     Returns
     -------
@@ -333,23 +340,29 @@ def predict_age(
     tables = []
     ages = adata.obs["age"].to_numpy(dtype=float)
     labels = adata.obs["cell_type"].astype(str).to_numpy()
+    fitted = []
     for ct in sorted(set(labels)):
         idx = np.flatnonzero((labels == ct) & np.isfinite(ages))
         if len(idx) < need:
             log.warning("cell type %r: %d donors of known age, need %d", ct, len(idx), need)
             out[ct] = {k: None for k in METRIC_KEYS} | {"n_donors": len(idx)}
             continue
-        metrics, pred = predict_cell_type(
-            adata.X[idx],
-            ages[idx],
-            adata.obs["sex"].iloc[idx],
-            adata.obs["donor_id"].astype(str).to_numpy()[idx],
-            C=C,
-            n_splits=n_splits,
-            test_size=test_size,
-            seed=seed,
-            n_top_genes=n_top_genes,
-        )
+        out[ct] = {}  # filled below, in this (sorted) place
+        fitted.append((ct, idx))
+    options = {
+        "C": C,
+        "n_splits": n_splits,
+        "test_size": test_size,
+        "seed": seed,
+        "n_top_genes": n_top_genes,
+    }
+    sex = adata.obs["sex"]
+    donors = adata.obs["donor_id"].astype(str).to_numpy()
+    jobs = (((adata.X[idx], ages[idx], sex.iloc[idx], donors[idx]), options) for _, idx in fitted)
+    results = map_ordered(
+        _predict_job, jobs, n_jobs, label="cell types cross-validated", total=len(fitted)
+    )
+    for (ct, _), (metrics, pred) in zip(fitted, results, strict=True):
         log.info(
             "%s: R2 %.2f (baseline %.2f), MAE %.1f years, %d donors",
             ct,
@@ -375,6 +388,14 @@ def predict_age(
             }
         )
     return out, predictions
+
+
+def _predict_job(
+    job: tuple[tuple[Any, np.ndarray, pd.Series, np.ndarray], dict[str, Any]],
+) -> tuple[dict[str, float | int | None], pd.DataFrame]:
+    """Worker: :func:`predict_cell_type` of one ``((counts, age, sex, donors), options)`` job."""
+    data, options = job
+    return predict_cell_type(*data, **options)
 
 
 def plot_predictions(predictions: pd.DataFrame) -> Any:
