@@ -78,6 +78,27 @@ def test_combine_sums_of_chunks_equals_sum_of_all():
     pd.testing.assert_frame_equal(combined.obs, whole.obs, check_dtype=False)
 
 
+def test_combine_sums_consumes_a_generator_once_in_any_order():
+    adata = cells_adata()
+    whole = pseudobulk.sum_counts(adata)
+    starts = list(range(0, adata.n_obs, 3))
+    consumed = []
+
+    def parts(order):
+        for a in order:
+            consumed.append(a)
+            yield pseudobulk.sum_counts(adata[a : a + 3])
+
+    forward = pseudobulk.combine_sums(parts(starts))
+    assert consumed == starts  # each part drawn once, lazily
+    backward = pseudobulk.combine_sums(parts(starts[::-1]))
+    for combined in (forward, backward):
+        np.testing.assert_array_equal(combined.X, whole.X)
+        pd.testing.assert_frame_equal(combined.obs, whole.obs, check_dtype=False)
+    with pytest.raises(ValueError, match="no parts"):
+        pseudobulk.combine_sums(iter([]))
+
+
 def test_sum_counts_of_no_cells_combines_as_nothing():
     adata = cells_adata()
     empty = pseudobulk.sum_counts(adata[:0])

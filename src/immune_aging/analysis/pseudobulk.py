@@ -90,6 +90,10 @@ def sum_counts(
 def combine_sums(parts: Iterable[ad.AnnData]) -> ad.AnnData:
     """Add up partial sums of :func:`sum_counts` (e.g. from chunks of cells).
 
+    The parts are consumed one at a time (a generator is never held whole): memory
+    is the running sums, one row per sample seen, plus one part. Sums of integer
+    counts in float64 are exact, so the order of the parts does not change a bit.
+
     Parameters
     ----------
     parts
@@ -101,31 +105,38 @@ def combine_sums(parts: Iterable[ad.AnnData]) -> ad.AnnData:
         One observation per sample found in any part, sorted by name; ``X`` and
         ``n_cells`` summed.
     """
-    parts = list(parts)
-    if not parts:
-        raise ValueError("combine_sums: no parts")
-    var = parts[0].var.copy()
-    for p in parts[1:]:
-        if not p.var_names.equals(parts[0].var_names):
-            raise ValueError("combine_sums: parts have different genes")
-    names = sorted(set().union(*(p.obs_names for p in parts)))
-    row = {name: i for i, name in enumerate(names)}
-    total = np.zeros((len(names), var.shape[0]), dtype=np.float64)
-    n_cells = np.zeros(len(names), dtype=np.int64)
+    var: pd.DataFrame | None = None
+    sums: dict[str, np.ndarray] = {}
+    n_cells: dict[str, int] = {}
     labels: dict[str, tuple[str, str]] = {}
     for p in parts:
-        rows = np.array([row[n] for n in p.obs_names], dtype=np.int64)
-        total[rows] += np.asarray(p.X, dtype=np.float64)
-        n_cells[rows] += p.obs["n_cells"].to_numpy(dtype=np.int64)
-        for name, ct, donor in zip(
-            p.obs_names, p.obs["cell_type"], p.obs["donor_id"], strict=True
+        if var is None:
+            var = p.var.copy()
+        elif not p.var_names.equals(var.index):
+            raise ValueError("combine_sums: parts have different genes")
+        X = np.asarray(p.X, dtype=np.float64)
+        cells = p.obs["n_cells"].to_numpy(dtype=np.int64)
+        for i, (name, ct, donor) in enumerate(
+            zip(p.obs_names, p.obs["cell_type"], p.obs["donor_id"], strict=True)
         ):
-            labels[name] = (str(ct), str(donor))
+            if name in sums:
+                sums[name] += X[i]
+                n_cells[name] += int(cells[i])
+            else:
+                sums[name] = X[i].copy()
+                n_cells[name] = int(cells[i])
+                labels[name] = (str(ct), str(donor))
+    if var is None:
+        raise ValueError("combine_sums: no parts")
+    names = sorted(sums)
+    total = np.empty((len(names), var.shape[0]), dtype=np.float64)
+    for i, name in enumerate(names):
+        total[i] = sums.pop(name)  # each row freed as it is copied
     obs = pd.DataFrame(
         {
             "cell_type": [labels[n][0] for n in names],
             "donor_id": [labels[n][1] for n in names],
-            "n_cells": n_cells,
+            "n_cells": np.array([n_cells[n] for n in names], dtype=np.int64),
         },
         index=pd.Index(names),
     )

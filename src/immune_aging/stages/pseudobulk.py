@@ -54,10 +54,10 @@ def body(args, params: PseudobulkParams) -> None:
     pools, n_split = pseudobulk.donor_pools(obs[keep], params.pool_key)
     if pools is not None:
         donors["pool"] = pools.reindex(donors.index).to_numpy()
-    parts = [
+    parts = (  # a generator: one block and its sums in memory at a time
         pseudobulk.sum_counts(ad.AnnData(X=block, obs=obs.iloc[positions], var=var))
         for positions, block in chosen.blocks(keep)
-    ]
+    )
     pb, report = pseudobulk.make_pseudobulk(
         parts,
         donors,
