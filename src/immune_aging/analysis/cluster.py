@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import anndata as ad
@@ -48,6 +49,8 @@ def leiden(
         "distances_key": "distances",
         "params": dict(adata.uns["neighbors"].get("params", {})),
     }
+    start = time.perf_counter()
+    log.info("Leiden: %d cells, resolution %g ...", graph.n_obs, resolution)
     sc.tl.leiden(
         graph,
         resolution=resolution,
@@ -57,7 +60,12 @@ def leiden(
         directed=False,
     )
     labels = relabel_by_size(graph.obs["leiden"])
-    log.info("Leiden: %d clusters at resolution %g", labels.cat.categories.size, resolution)
+    log.info(
+        "Leiden: %d clusters at resolution %g, %.0f s",
+        labels.cat.categories.size,
+        resolution,
+        time.perf_counter() - start,
+    )
     return labels
 
 

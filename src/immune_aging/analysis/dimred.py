@@ -20,6 +20,7 @@ either way (:func:`prune_weak_edges`).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import anndata as ad
@@ -339,8 +340,13 @@ def neighbors_umap(
     import scanpy as sc
 
     out = adata.copy()
+    start = time.perf_counter()
+    log.info("neighbour graph: %d cells, %d neighbours ...", out.n_obs, n_neighbors)
     neighbor_graph(out, use_rep, n_neighbors, n_pcs, seed, exact_max_cells)
+    log.info("neighbour graph: done, %.0f s", time.perf_counter() - start)
     rows = umap_rows(out.n_obs, umap_max_cells, seed)
+    start = time.perf_counter()
+    log.info("UMAP: laying out %d cells ...", len(rows))
     if len(rows) == out.n_obs:
         sc.tl.umap(out, min_dist=min_dist, random_state=seed)
         out.obsm["X_umap"] = np.asarray(out.obsm["X_umap"], dtype=np.float32)
@@ -355,6 +361,7 @@ def neighbors_umap(
         out.uns["umap"] = dict(sub.uns["umap"])
         prune_weak_edges(out.obsp["connectivities"])
         log.info("UMAP laid out on %d of %d cells (dimred.umap_max_cells)", len(rows), out.n_obs)
+    log.info("UMAP: done, %.0f s", time.perf_counter() - start)
     out.uns["umap"]["cells"] = len(rows)
     return out
 
