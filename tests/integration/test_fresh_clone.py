@@ -5,13 +5,16 @@ The clone has no DVC cache and no remote (the source project's remote is in its
 are ``cache: false``, committed to git, so the DVC verbs compare against HEAD
 before anything runs. Then the whole pipeline runs in the clone on an imitated
 other machine (another thread count and OpenBLAS kernel; numpy and numba told to
-use other code paths) and must leave ``git status`` clean: the same bytes as the
-committed run, ``dvc.lock`` included.
+use other code paths) with its jobs on a Dask cluster (``IMMUNE_AGING_SCHEDULER=local:2``:
+a ``LocalCluster`` of two worker processes, started by each stage that has jobs), and
+must leave ``git status`` clean: the same bytes as the committed run, made on local
+processes, ``dvc.lock`` included.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +34,9 @@ OTHER_MACHINE = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "NUMBA_CPU_NAME": "generic",
 }
+
+#: the stages whose jobs go through :func:`immune_aging.executor.map_ordered`
+ON_DASK = ("qc", "de", "gsea", "predict")
 
 
 def metric_files(root: Path) -> list[str]:
@@ -90,6 +96,12 @@ def test_fresh_clone_shows_head_and_reproduces_it_byte_for_byte(reproduced, tmp_
     assert_verbs_compare_with_head(clone)
 
     pinned = sys.platform == "linux" and determinism.X86_64_V3_FLAGS <= determinism.cpu_flags()
-    dvc(clone, "repro", **(OTHER_MACHINE if pinned else {}))
+    on_dask = {"IMMUNE_AGING_SCHEDULER": "local:2"}
+    # -f: also the stages whose every output is committed (``predict``), which a plain
+    # repro would find up to date
+    proc = dvc(clone, "repro", "-f", **on_dask, **(OTHER_MACHINE if pinned else {}))
+    said = proc.stdout + proc.stderr
+    for stage in ON_DASK:  # each stage with jobs did send them to its cluster
+        assert re.search(rf" {stage}: .*: Dask scheduler tcp://127\.0\.0\.1:", said), said
     assert run(clone, "git", "status", "--porcelain").stdout == ""
     assert_verbs_compare_with_head(clone)
