@@ -31,6 +31,10 @@ worker's environment first and refuses to run without them. A Dask worker that
 dies during a task (killed, out of memory) has the task run again on another
 one, up to ``distributed.scheduler.allowed-failures`` times; past that the map
 fails with one line.
+
+A job that itself calls :func:`map_ordered` (Scrublet's groups inside a batch of
+cells that a worker reads) runs that inner map in its own process, one job after
+the other: a worker never starts a cluster or processes of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import multiprocessing
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,6 +67,8 @@ PROGRESS_EVERY_S = 10.0
 _NO_JOB = object()
 #: The environment variable that chooses where jobs run.
 SCHEDULER_VAR = "IMMUNE_AGING_SCHEDULER"
+#: ``in_task`` is True in a thread that runs a Dask job (:func:`run_task`).
+_TASK = threading.local()
 _EXPECTED = (
     "expected 'tcp://HOST:PORT' (a running Dask scheduler) or 'local:N' "
     "(a Dask cluster of N worker processes on this machine)"
@@ -191,18 +198,48 @@ def map_ordered(
         If :data:`SCHEDULER_VAR` is invalid, its scheduler cannot be reached, a
         worker lacks the numeric pins, or a job's workers kept dying.
     """
+    return list(imap_ordered(fn, jobs, n_jobs, label=label, total=total))
+
+
+def imap_ordered(
+    fn: Callable[[T], R],
+    jobs: Iterable[T],
+    n_jobs: int = 1,
+    *,
+    label: str = "",
+    total: int | None = None,
+) -> Iterator[R]:
+    """Yield ``fn(job)`` for each job, in job order, as :func:`map_ordered` computes them.
+
+    A result is yielded as soon as it and those before it are done, so a caller
+    that folds the results in holds only the jobs in flight.
+
+    Parameters
+    ----------
+    fn, jobs, n_jobs, label, total
+        As :func:`map_ordered`.
+
+    Yields
+    ------
+    object
+        The results, in the order of ``jobs``.
+    """
     if total is None and hasattr(jobs, "__len__"):
         total = len(jobs)  # type: ignore[arg-type]
     progress = Progress(label, total)
-    where = scheduler()
+    if in_task():  # an inner map of a job on a worker: here, one job after the other
+        n_jobs, where = 1, None
+    else:
+        where = scheduler()
     todo = iter(jobs)
     first = next(todo, _NO_JOB)
     if first is _NO_JOB:  # no worker started for nothing
-        return []
+        return
     todo = itertools.chain([first], todo)
     if where is not None:
-        return list(_on_dask(fn, todo, where, progress))
-    return list(_ordered(fn, todo, n_jobs, progress))
+        yield from _on_dask(fn, todo, where, progress)
+    else:
+        yield from _ordered(fn, todo, n_jobs, progress)
 
 
 def _ordered(
@@ -266,7 +303,22 @@ def run_task(fn: Callable[[T], R], job: T, pins: Mapping[str, str]) -> R:
             f"worker on {socket.gethostname()} (pid {os.getpid()}) has {found}: "
             f"start the workers with {wanted} in their environment"
         )
-    return fn(job)
+    _TASK.in_task = True
+    try:
+        return fn(job)
+    finally:
+        _TASK.in_task = False
+
+
+def in_task() -> bool:
+    """Return whether this thread is running a job of :func:`map_ordered` on Dask.
+
+    Returns
+    -------
+    bool
+        True inside :func:`run_task`.
+    """
+    return getattr(_TASK, "in_task", False)
 
 
 def _on_dask(
