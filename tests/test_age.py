@@ -7,7 +7,6 @@ import pytest
 from immune_aging.analysis.age import (
     FORMS,
     age_table,
-    ages_from_obs,
     count_forms,
     normalise_stage,
     parse_age,
@@ -171,20 +170,20 @@ def test_parse_stages_raises_on_a_bad_label_among_good_ones():
         parse_stages(values, age_80_and_over=OVER)
 
 
-def test_ages_from_obs_parses_development_stage():
+def test_age_table_parses_development_stage():
     obs = pd.DataFrame(
         {"development_stage": ["63-year-old human stage", "unknown", "third decade human stage"]},
         index=["c1", "c2", "c3"],
     )
     before = obs.copy()
-    ages = ages_from_obs(obs, age_80_and_over=OVER)
+    ages = age_table(obs, age_80_and_over=OVER)["age"]
     assert ages.name == "age"
     assert list(ages.index) == ["c1", "c2", "c3"]
     np.testing.assert_array_equal(ages.to_numpy(), [63.0, np.nan, 25.0])
     pd.testing.assert_frame_equal(obs, before)
 
 
-def test_ages_from_obs_prefers_a_numeric_age_column():
+def test_age_table_prefers_a_numeric_age_column():
     obs = pd.DataFrame(
         {"age": [41, np.nan, 90.5], "development_stage": ["x", "y", "z"]}, index=list("abc")
     )
@@ -193,28 +192,28 @@ def test_ages_from_obs_prefers_a_numeric_age_column():
     assert got["form"].tolist() == ["age_column", "unknown", "age_column"]
 
 
-def test_ages_from_obs_numeric_strings_in_age_column():
+def test_age_table_numeric_strings_in_age_column():
     obs = pd.DataFrame({"age": pd.Categorical(["41", "55"])})
-    np.testing.assert_array_equal(ages_from_obs(obs, age_80_and_over=OVER).to_numpy(), [41, 55])
+    np.testing.assert_array_equal(age_table(obs, age_80_and_over=OVER)["age"].to_numpy(), [41, 55])
 
 
-def test_ages_from_obs_rejects_a_non_numeric_age_column():
+def test_age_table_rejects_a_non_numeric_age_column():
     obs = pd.DataFrame({"age": ["41", "old"]})
     with pytest.raises(InputError) as err:
-        ages_from_obs(obs, age_80_and_over=OVER)
+        age_table(obs, age_80_and_over=OVER)
     assert str(err.value) == "obs column 'age': expected numbers (years), got 'old'"
 
 
-def test_ages_from_obs_rejects_negative_ages():
+def test_age_table_rejects_negative_ages():
     obs = pd.DataFrame({"age": [41.0, -3.0]})
     with pytest.raises(InputError) as err:
-        ages_from_obs(obs, age_80_and_over=OVER)
+        age_table(obs, age_80_and_over=OVER)
     assert str(err.value) == "obs column 'age': expected ages >= 0 years, got -3.0"
 
 
-def test_ages_from_obs_needs_a_column():
+def test_age_table_needs_a_column():
     with pytest.raises(InputError) as err:
-        ages_from_obs(pd.DataFrame({"sex": ["male"]}), age_80_and_over=OVER)
+        age_table(pd.DataFrame({"sex": ["male"]}), age_80_and_over=OVER)
     assert str(err.value) == (
         "obs: expected an 'age' or a 'development_stage' column, found neither"
     )

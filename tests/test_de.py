@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
 from immune_aging import counts, io, names
-from immune_aging.analysis import age, de
+from immune_aging.analysis import age, de, de_plots, de_samples
 from immune_aging.errors import InputError
 from immune_aging.stages import de as de_stage
 
@@ -83,10 +83,10 @@ def test_pool_covariate_enters_the_design_when_it_varies():
 
 
 def test_pools_of_one_sample_share_a_level():
-    merged = de._pool_levels(np.array(["A", "A", "B", "C", "D", "D"]))
+    merged = de_samples._pool_levels(np.array(["A", "A", "B", "C", "D", "D"]))
     assert merged.tolist() == ["A", "A", "other pools", "other pools", "D", "D"]
     # a single lone pool joins the largest one
-    assert de._pool_levels(np.array(["A", "A", "A", "B", "C", "C"])).tolist() == [
+    assert de_samples._pool_levels(np.array(["A", "A", "A", "B", "C", "C"])).tolist() == [
         "A",
         "A",
         "A",
@@ -94,7 +94,7 @@ def test_pools_of_one_sample_share_a_level():
         "C",
         "C",
     ]
-    assert de._pool_levels(np.array(["A", "A"])).tolist() == ["A", "A"]
+    assert de_samples._pool_levels(np.array(["A", "A"])).tolist() == ["A", "A"]
 
 
 def test_genes_below_min_total_count_are_not_tested():
@@ -252,7 +252,7 @@ def test_volcano_labels_the_most_significant_genes_by_symbol():
             "padj": [1e-5, 1e-7, 1e-2, np.nan],
         }
     )
-    fig = de.plot_volcano(rows, cell_type="T", alpha=0.05, label_top=3)
+    fig = de_plots.plot_volcano(rows, cell_type="T", alpha=0.05, label_top=3)
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert sorted(labels) == ["AAA", "B\\$C\\$", "E3"]  # top 3 by padj; no symbol: the ID
     fig.savefig(_io.BytesIO(), format="png")  # "$" in a symbol does not break rendering
@@ -273,7 +273,9 @@ def test_unknown_sex_is_a_level_of_its_own_in_the_design():
     sexes = adata.obs["sex"].astype(str).to_numpy().copy()
     sexes[[0, 1]] = ["unknown", ""]
     adata.obs["sex"] = pd.Categorical(sexes)
-    _, metadata, summary = de.prepare_cell_type(adata, CT, min_total_count=10, min_donors=6)
+    _, metadata, summary = de_samples.prepare_cell_type(
+        adata, CT, min_total_count=10, min_donors=6
+    )
     assert summary.design == "~age_scaled + sex"
     assert sorted(metadata["sex"].cat.categories) == ["female", "male", "unknown"]
     assert metadata["sex"].astype(str).tolist()[:2] == ["unknown", "unknown"]

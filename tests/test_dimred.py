@@ -9,7 +9,7 @@ import pytest
 from tests.builders import tiny_params, write_params
 
 from immune_aging import io
-from immune_aging.analysis import dimred, plots
+from immune_aging.analysis import dimred, neighbors, plots
 from immune_aging.stages import dimred as stage
 
 
@@ -112,7 +112,7 @@ def test_harmony_integrate_removes_the_donor_shift_and_keeps_input():
 def test_neighbors_umap_adds_graph_and_layout_without_touching_input():
     adata = pca_cells()
     adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
-    out = dimred.neighbors_umap(
+    out = neighbors.neighbors_umap(
         adata,
         use_rep="X_pca_harmony",
         n_neighbors=10,
@@ -134,27 +134,27 @@ def test_neighbors_umap_adds_graph_and_layout_without_touching_input():
 
 
 def test_umap_rows_all_or_a_seeded_sorted_sample():
-    assert dimred.umap_rows(5, 0, seed=0).tolist() == [0, 1, 2, 3, 4]
-    assert dimred.umap_rows(5, 5, seed=0).tolist() == [0, 1, 2, 3, 4]
-    rows = dimred.umap_rows(1000, 100, seed=3)
+    assert neighbors.umap_rows(5, 0, seed=0).tolist() == [0, 1, 2, 3, 4]
+    assert neighbors.umap_rows(5, 5, seed=0).tolist() == [0, 1, 2, 3, 4]
+    rows = neighbors.umap_rows(1000, 100, seed=3)
     assert len(rows) == 100 == len(set(rows.tolist()))
     assert (np.diff(rows) > 0).all() and rows[-1] < 1000
-    np.testing.assert_array_equal(rows, dimred.umap_rows(1000, 100, seed=3))
-    assert not np.array_equal(rows, dimred.umap_rows(1000, 100, seed=4))
+    np.testing.assert_array_equal(rows, neighbors.umap_rows(1000, 100, seed=3))
+    assert not np.array_equal(rows, neighbors.umap_rows(1000, 100, seed=4))
 
 
 def test_neighbors_umap_on_a_sample_keeps_the_whole_graph():
     adata = pca_cells(n_per_group=40)
     adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
     kw = {"use_rep": "X_pca_harmony", "n_neighbors": 10, "n_pcs": 4, "min_dist": 0.5, "seed": 0}
-    full = dimred.neighbors_umap(adata, exact_max_cells=1000, **kw)
-    part = dimred.neighbors_umap(adata, exact_max_cells=1000, umap_max_cells=60, **kw)
+    full = neighbors.neighbors_umap(adata, exact_max_cells=1000, **kw)
+    part = neighbors.neighbors_umap(adata, exact_max_cells=1000, umap_max_cells=60, **kw)
     # the graph clustering reads is the same: every cell, the same neighbours
     for key in ("distances", "connectivities"):
         assert (full.obsp[key] != part.obsp[key]).nnz == 0
     assert full.uns["umap"]["cells"] == adata.n_obs
     assert part.uns["umap"]["cells"] == 60
-    rows = dimred.umap_rows(adata.n_obs, 60, seed=0)
+    rows = neighbors.umap_rows(adata.n_obs, 60, seed=0)
     laid_out = np.isfinite(part.obsm["X_umap"]).all(axis=1)
     assert laid_out.sum() == 60
     np.testing.assert_array_equal(np.flatnonzero(laid_out), rows)
@@ -171,7 +171,7 @@ def test_neighbors_umap_on_a_sample_keeps_the_whole_graph():
 def test_figures_draw_the_laid_out_cells_only():
     adata = pca_cells(n_per_group=40)
     adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
-    work = dimred.neighbors_umap(
+    work = neighbors.neighbors_umap(
         adata,
         use_rep="X_pca_harmony",
         n_neighbors=10,
@@ -212,7 +212,7 @@ def test_donor_mixing_subsamples():
 def test_embedding_anndata_has_no_genes():
     adata = pca_cells()
     adata.obsm["X_pca_harmony"] = adata.obsm["X_pca"].copy()
-    graph = dimred.neighbors_umap(
+    graph = neighbors.neighbors_umap(
         adata, use_rep="X_pca_harmony", n_neighbors=5, n_pcs=3, min_dist=0.5, seed=0
     )
     emb = dimred.embedding_anndata(graph)

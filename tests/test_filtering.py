@@ -12,7 +12,7 @@ from scipy import sparse
 from tests.builders import tiny_params, write_params
 
 from immune_aging import counts, io
-from immune_aging.analysis import filtering
+from immune_aging.analysis import filter_rules, filtering
 from immune_aging.errors import InputError
 from immune_aging.stages import filter as stage
 
@@ -182,10 +182,10 @@ def test_missing_column_is_named():
 
 def test_cells_per_group_counts_zero_for_absent_pairs():
     obs = make_obs({"d1": {"A": 2, "B": 1}, "d2": {"B": 3}})
-    table = filtering.cells_per_group(obs, keys=["donor_id", "cell_type"])
+    table = filter_rules.cells_per_group(obs, keys=["donor_id", "cell_type"])
     assert table.loc["d2", "A"] == 0
     assert table.loc["d2", "B"] == 3
-    assert filtering.cells_per_group(obs, keys=["donor_id"]).to_dict() == {"d1": 3, "d2": 3}
+    assert filter_rules.cells_per_group(obs, keys=["donor_id"]).to_dict() == {"d1": 3, "d2": 3}
 
 
 # --------------------------------------------------------------------------- assembly

@@ -8,7 +8,7 @@ from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
 from immune_aging import counts, io
-from immune_aging.analysis import age, pseudobulk
+from immune_aging.analysis import age, pseudobulk, pseudobulk_plots
 from immune_aging.errors import InputError
 from immune_aging.stages import pseudobulk as stage
 
@@ -246,8 +246,8 @@ def test_summary_and_plots():
     assert got["age_forms"]["and_over"] == 1
     assert got["age_forms"]["years"] == 1
     assert got["age_forms"]["unknown"] == 1
-    assert pseudobulk.plot_samples(report, min_samples_per_cell_type=3).axes
-    assert pseudobulk.plot_ages(donors, age_80_and_over=80.0).axes
+    assert pseudobulk_plots.plot_samples(report, min_samples_per_cell_type=3).axes
+    assert pseudobulk_plots.plot_ages(donors, age_80_and_over=80.0).axes
 
 
 # --------------------------------------------------------------------------- stage

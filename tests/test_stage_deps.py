@@ -26,6 +26,7 @@ HARNESS = {
     "immune_aging",
     "immune_aging.stage",
     "immune_aging.params",
+    "immune_aging.schema",
     "immune_aging.errors",
     "immune_aging.threads",
     "immune_aging.executor",

@@ -256,39 +256,12 @@ def parse_stages(values: pd.Series, *, age_80_and_over: float) -> pd.DataFrame:
     return pd.DataFrame({"age": ages[codes], "form": forms[codes]}, index=series.index)
 
 
-def ages_from_obs(obs: pd.DataFrame, *, age_80_and_over: float) -> pd.Series:
-    """Return each row's age in years from an ``obs``-like table.
+def age_table(obs: pd.DataFrame, *, age_80_and_over: float) -> pd.DataFrame:
+    """Return each row's age in years and the form it was read from.
 
     A numeric ``age`` column, when present, is used as is (years; missing values
-    stay NaN). Otherwise ``development_stage`` labels are parsed with
-    :func:`parse_stages`.
-
-    Parameters
-    ----------
-    obs
-        Table with an ``age`` or a ``development_stage`` column.
-    age_80_and_over
-        Age in years given to ``80 year-old and over`` donors.
-
-    Returns
-    -------
-    pandas.Series
-        Float ages named ``age``, same index as ``obs``.
-
-    Raises
-    ------
-    InputError
-        If neither column exists, ``age`` holds non-numbers or negative values,
-        or a label looks like an age but is not a known form.
-    """
-    return age_table(obs, age_80_and_over=age_80_and_over)["age"]
-
-
-def age_table(obs: pd.DataFrame, *, age_80_and_over: float) -> pd.DataFrame:
-    """Return each row's age and the form it was read from.
-
-    Same rules as :func:`ages_from_obs`; rows read from an ``age`` column have the
-    form ``age_column`` (or ``unknown`` where the value is missing).
+    stay NaN; form ``age_column``, or ``unknown`` where the value is missing).
+    Otherwise ``development_stage`` labels are parsed with :func:`parse_stages`.
 
     Parameters
     ----------
@@ -301,6 +274,12 @@ def age_table(obs: pd.DataFrame, *, age_80_and_over: float) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``age`` (float, years) and ``form``; same index as ``obs``.
+
+    Raises
+    ------
+    InputError
+        If neither column exists, ``age`` holds non-numbers or negative values,
+        or a label looks like an age but is not a known form.
     """
     if "age" in obs.columns:
         raw = obs["age"]

@@ -25,363 +25,50 @@ donor) samples with too few cells.
 Rules 1-3 need only ``obs``, so the stage applies them to a backed file, streams
 the kept cells' counts once to find the genes with any count, and writes the
 selection (:func:`assemble_selection`), not a copy of the counts.
+
+The rules are in :mod:`immune_aging.analysis.filter_rules`, the ages of what
+they removed in :mod:`immune_aging.analysis.filter_ages`; both are re-exported
+here, where the selection is assembled, summarised and drawn.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from immune_aging.analysis.filter_ages import rule_ages
+from immune_aging.analysis.filter_rules import (
+    CELL_TYPE_KEY,
+    DONOR_KEY,
+    CellSelection,
+    select_cells,
+)
 from immune_aging.counts import COLUMN, ROW, SELECTION_UNS
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
 
-DONOR_KEY = "donor_id"
-CELL_TYPE_KEY = "cell_type"
+__all__ = [
+    "OBS_COLUMNS",
+    "OPTIONAL_OBS_COLUMNS",
+    "CellSelection",
+    "assemble_selection",
+    "donor_table",
+    "plot_cells_per_donor",
+    "rule_ages",
+    "select_cells",
+    "summary",
+]
+
 #: obs columns carried into ``selection.h5ad``; the optional ones only when present
 #: (the stage passes ``filter.keep_obs`` instead).
 OBS_COLUMNS = ("donor_id", "cell_type", "development_stage", "sex")
 OPTIONAL_OBS_COLUMNS = ("pool",)
-
-
-@dataclass(frozen=True)
-class CellSelection:
-    """Outcome of the donor and cell-type rules (see the module docstring).
-
-    Attributes
-    ----------
-    keep
-        Boolean mask over the input cells: True for cells that pass every rule.
-    cutoff
-        The ``cutoff_percentile`` percentile of cells per donor (cells, unrounded).
-    min_cells_per_donor
-        ``floor(cutoff)``: donors with fewer cells are dropped by rule 1.
-    cells_per_donor
-        Cells per donor in the input, sorted by donor.
-    donors_removed_cutoff
-        Donors dropped by rule 1.
-    cell_types_kept, cell_types_removed
-        Cell types kept and dropped by rule 2.
-    donors_removed_cell_types
-        Donors dropped by rule 3.
-    cells_removed
-        Cells dropped by each rule: ``donor_cutoff`` (rule 1), ``cell_type_prevalence``
-        (rule 2, including cells without a cell type) and ``donor_completeness``
-        (rule 3).
-    """
-
-    keep: np.ndarray
-    cutoff: float
-    min_cells_per_donor: int
-    cells_per_donor: pd.Series
-    donors_removed_cutoff: list[str]
-    cell_types_kept: list[str]
-    cell_types_removed: list[str]
-    donors_removed_cell_types: list[str]
-    cells_removed: dict[str, int]
-
-
-def _labels(obs: pd.DataFrame, key: str) -> pd.Series:
-    return obs[key].astype("object").where(obs[key].notna(), None)
-
-
-def cells_per_group(obs: pd.DataFrame, *, keys: Sequence[str]) -> pd.DataFrame | pd.Series:
-    """Count cells per donor, or per (donor, cell type).
-
-    Parameters
-    ----------
-    obs
-        Cell annotations.
-    keys
-        One column name (cells per value) or two (a table: first key as rows,
-        second as columns, zeros for absent combinations). Cells with a missing
-        label are not counted.
-
-    Returns
-    -------
-    pandas.Series or pandas.DataFrame
-        Counts, labels as strings, sorted.
-    """
-    keys = list(keys)
-    frame = pd.DataFrame({k: _labels(obs, k) for k in keys}).dropna()
-    if len(keys) == 1:
-        counts = frame.groupby(keys[0]).size()
-        counts.index = counts.index.astype(str)
-        return counts.sort_index().rename("n_cells")
-    table = frame.groupby(keys).size().unstack(fill_value=0)
-    table.index = table.index.astype(str)
-    table.columns = table.columns.astype(str)
-    return table.sort_index().sort_index(axis=1)
-
-
-def select_cells(
-    obs: pd.DataFrame,
-    *,
-    cutoff_percentile: float,
-    min_cells_per_celltype: int,
-    percent_donors: float,
-    prevalence: str = "cell_types",
-) -> CellSelection:
-    """Apply the donor and cell-type prevalence rules to cell annotations.
-
-    Parameters
-    ----------
-    obs
-        Cell annotations with ``donor_id`` and ``cell_type`` columns (not modified).
-        Cells with a missing donor or cell type are dropped.
-    cutoff_percentile
-        Percentile (0-100) of cells per donor below which donors are dropped.
-    min_cells_per_celltype
-        Cells a donor needs of a cell type for it to count (rules 2 and 3).
-    percent_donors
-        Fraction (0-1] of donors that must reach ``min_cells_per_celltype`` for a
-        cell type to be kept.
-    prevalence
-        ``cell_types``: rules 2 and 3 as above; ``samples``: neither (every cell
-        type and every donor past the cut-off is kept).
-
-    Returns
-    -------
-    CellSelection
-        The kept-cell mask and what each rule removed.
-
-    Raises
-    ------
-    InputError
-        If a column is missing, or if the rules leave no cell type or no cell;
-        the message names the parameters.
-    """
-    for key in (DONOR_KEY, CELL_TYPE_KEY):
-        if key not in obs.columns:
-            raise InputError(f"obs column {key!r} missing")
-    per_donor = cells_per_group(obs, keys=[DONOR_KEY])
-    if per_donor.empty:
-        raise InputError(f"obs column {DONOR_KEY!r} holds no donor")
-    cutoff = float(np.percentile(per_donor.to_numpy(), cutoff_percentile))
-    min_cells_per_donor = math.floor(cutoff)
-    donors_cut = per_donor.index[per_donor < min_cells_per_donor].tolist()
-    donors = per_donor.index[per_donor >= min_cells_per_donor]
-
-    raw_donor = _labels(obs, DONOR_KEY)
-    donor = raw_donor.astype(str).where(raw_donor.notna(), None)
-    ctype = _labels(obs, CELL_TYPE_KEY)
-    in_donors = donor.isin(donors).to_numpy()
-    typed = in_donors & ctype.notna().to_numpy()
-    table = cells_per_group(obs.loc[typed], keys=[DONOR_KEY, CELL_TYPE_KEY])
-    table = table.reindex(index=donors, fill_value=0)
-    enough = table >= min_cells_per_celltype
-    needed = len(donors) * percent_donors
-    # a tolerance keeps e.g. 0.95 * 20 == 19 from failing on rounding
-    prevalent = enough.sum(axis=0) >= needed - 1e-9
-    if prevalence == "samples":
-        prevalent[:] = True
-        enough = enough | True
-    elif prevalence != "cell_types":
-        raise ValueError(f"unknown prevalence rule {prevalence!r}")
-    kept_types = table.columns[prevalent].tolist()
-    removed_types = table.columns[~prevalent].tolist()
-    if not kept_types:
-        raise InputError(
-            f"filter.min_cells_per_celltype={min_cells_per_celltype} and "
-            f"filter.percent_donors={percent_donors} keep no cell type: none has "
-            f">= {min_cells_per_celltype} cells in >= {needed:g} of {len(donors)} donors"
-        )
-    complete = enough[kept_types].all(axis=1)
-    donors_final = complete.index[complete]
-    donors_incomplete = complete.index[~complete].tolist()
-    if len(donors_final) == 0:
-        raise InputError(
-            f"filter.min_cells_per_celltype={min_cells_per_celltype} leaves no cell: "
-            f"no donor has >= {min_cells_per_celltype} cells of every kept cell type "
-            f"({len(kept_types)} types)"
-        )
-    in_types = in_donors & ctype.isin(kept_types).to_numpy()
-    keep = in_types & donor.isin(donors_final).to_numpy()
-    cells_removed = {
-        "missing_donor": int(raw_donor.isna().sum()),
-        "donor_cutoff": int(raw_donor.notna().sum() - in_donors.sum()),
-        "cell_type_prevalence": int(in_donors.sum() - in_types.sum()),
-        "donor_completeness": int(in_types.sum() - keep.sum()),
-    }
-    log.info(
-        "cut-off %.1f cells per donor (percentile %g) drops %d donors; %d of %d cell "
-        "types kept; %d donors lack a kept type; %d of %d cells kept",
-        cutoff,
-        cutoff_percentile,
-        len(donors_cut),
-        len(kept_types),
-        table.shape[1],
-        len(donors_incomplete),
-        int(keep.sum()),
-        len(keep),
-    )
-    return CellSelection(
-        keep=keep,
-        cutoff=cutoff,
-        min_cells_per_donor=min_cells_per_donor,
-        cells_per_donor=per_donor,
-        donors_removed_cutoff=donors_cut,
-        cell_types_kept=kept_types,
-        cell_types_removed=removed_types,
-        donors_removed_cell_types=donors_incomplete,
-        cells_removed=cells_removed,
-    )
-
-
-#: Rules 2 and 3 warn when the ages they removed differ from the rest at this
-#: two-sided Mann-Whitney p-value (both groups with at least 3 donors of known age).
-AGE_WARNING_P = 0.01
-
-
-def donor_ages(obs: pd.DataFrame) -> pd.Series | None:
-    """Return each donor's age in years (censored ages at their bound), or None.
-
-    Parameters
-    ----------
-    obs
-        Cell annotations with ``donor_id`` and ``development_stage``.
-
-    Returns
-    -------
-    pandas.Series or None
-        Age per donor id (NaN when unknown); ``None`` when there is no
-        ``development_stage`` column or a label cannot be read (the pseudobulk
-        stage reports those).
-    """
-    from immune_aging.analysis.age import CENSOR_BOUND, parse_stages
-
-    if "development_stage" not in obs.columns:
-        return None
-    first = pd.DataFrame(
-        {
-            "donor_id": _labels(obs, DONOR_KEY),
-            "stage": obs["development_stage"].astype(object).to_numpy(),
-        }
-    ).dropna(subset=["donor_id"])
-    first = first.drop_duplicates("donor_id")
-    try:
-        parsed = parse_stages(first["stage"], age_80_and_over=CENSOR_BOUND)
-    except InputError:
-        return None
-    ages = pd.Series(parsed["age"].to_numpy(dtype=float), index=first["donor_id"].astype(str))
-    return ages.sort_index()
-
-
-def _compare(removed: pd.Series, rest: pd.Series) -> dict[str, Any]:
-    """Mean ages of two groups of donors and a two-sided Mann-Whitney p-value."""
-    from scipy.stats import mannwhitneyu
-
-    a = removed.dropna().to_numpy(dtype=float)
-    b = rest.dropna().to_numpy(dtype=float)
-    p = None
-    if len(a) >= 3 and len(b) >= 3 and np.ptp(np.concatenate([a, b])) > 0:
-        p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    return {
-        "donors": len(removed),
-        "mean_age": round(float(a.mean()), 2) if len(a) else None,
-        "mean_age_rest": round(float(b.mean()), 2) if len(b) else None,
-        "p_value": p,
-    }
-
-
-def rule_ages(
-    obs: pd.DataFrame, selection: CellSelection, *, min_cells_per_celltype: int
-) -> tuple[dict[str, Any], list[str]]:
-    """Report the ages of what each rule removed, and warn when they differ from the rest.
-
-    Rule 1: donors below the cut-off against those above. Rule 2: for each cell
-    type removed, the donors lacking ``min_cells_per_celltype`` of its cells
-    against the others (and the Spearman correlation of its share of a donor's
-    cells with age). Rule 3: donors removed against donors kept. Censored ages
-    count at their bound (80 for ``80 year-old and over``).
-
-    Parameters
-    ----------
-    obs
-        Cell annotations of the input (``donor_id``, ``cell_type``,
-        ``development_stage``).
-    selection
-        Result of :func:`select_cells`.
-    min_cells_per_celltype
-        The minimum rule 2 applied.
-
-    Returns
-    -------
-    report : dict
-        ``donor_cutoff``, ``cell_type_prevalence`` (per removed type) and
-        ``donor_completeness``: ``donors`` (removed), ``mean_age``,
-        ``mean_age_rest`` and ``p_value``; empty when ages cannot be read.
-    warnings : list of str
-        One line per rule (and cell type) whose removed donors' ages differ at
-        :data:`AGE_WARNING_P`.
-    """
-    ages = donor_ages(obs)
-    if ages is None:
-        return {}, []
-    warnings = []
-    cutoff = set(selection.donors_removed_cutoff)
-    passed = [d for d in selection.cells_per_donor.index if d not in cutoff]
-    report: dict[str, Any] = {
-        "donor_cutoff": _compare(ages.reindex(sorted(cutoff)), ages.reindex(passed))
-    }
-    table = cells_per_group(obs, keys=[DONOR_KEY, CELL_TYPE_KEY]).reindex(
-        index=passed, fill_value=0
-    )
-    per_type: dict[str, Any] = {}
-    for ct in selection.cell_types_removed:
-        counts = table[ct] if ct in table.columns else pd.Series(0, index=table.index)
-        below = counts.index[counts < min_cells_per_celltype]
-        rest = counts.index[counts >= min_cells_per_celltype]
-        entry = _compare(ages.reindex(below), ages.reindex(rest))
-        share = counts / table.sum(axis=1).clip(lower=1)
-        known = ages.reindex(share.index).notna().to_numpy()
-        rho = None
-        if known.sum() >= 3 and share[known].nunique() > 1:
-            from scipy.stats import spearmanr
-
-            rho = round(float(spearmanr(share[known], ages.reindex(share.index)[known])[0]), 4)
-        entry["share_age_spearman"] = rho
-        per_type[ct] = entry
-        if entry["p_value"] is not None and entry["p_value"] < AGE_WARNING_P:
-            warnings.append(
-                f"rule 2 removed cell type {ct!r}: the {entry['donors']} donors with fewer "
-                f"than {min_cells_per_celltype} of its cells are aged {entry['mean_age']:.1f} "
-                f"on average against {entry['mean_age_rest']:.1f} (Mann-Whitney p = "
-                f"{entry['p_value']:.2g}; share-age Spearman {rho}): the rule removed it by "
-                "age; filter.prevalence: samples keeps it"
-            )
-    report["cell_type_prevalence"] = per_type
-    removed = set(selection.donors_removed_cell_types)
-    kept = [d for d in passed if d not in removed]
-    entry = _compare(ages.reindex(sorted(removed)), ages.reindex(kept))
-    report["donor_completeness"] = entry
-    if entry["p_value"] is not None and entry["p_value"] < AGE_WARNING_P:
-        warnings.append(
-            f"rule 3 removed {entry['donors']} donors lacking a kept cell type, aged "
-            f"{entry['mean_age']:.1f} on average against {entry['mean_age_rest']:.1f} for "
-            f"the donors kept (Mann-Whitney p = {entry['p_value']:.2g}): it removed donors "
-            "by age; filter.prevalence: samples keeps them"
-        )
-    if report["donor_cutoff"]["p_value"] is not None and (
-        report["donor_cutoff"]["p_value"] < AGE_WARNING_P
-    ):
-        d = report["donor_cutoff"]
-        warnings.append(
-            f"rule 1 removed {d['donors']} donors below the cut-off, aged {d['mean_age']:.1f} "
-            f"on average against {d['mean_age_rest']:.1f} (Mann-Whitney p = "
-            f"{d['p_value']:.2g})"
-        )
-    for line in warnings:
-        log.warning("%s", line)
-    return report, warnings
 
 
 def _tidy_obs(obs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

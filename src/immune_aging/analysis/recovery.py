@@ -7,7 +7,7 @@ docstring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -304,6 +304,25 @@ def planted_pairs(truth: Mapping[str, Any], cell_types: set[str]) -> list[tuple[
     return sorted(out)
 
 
+def _pairs_found(
+    results: pd.DataFrame,
+    pairs: list[tuple[str, str, str]],
+    hit: Callable[[pd.DataFrame, str], np.ndarray],
+) -> int:
+    """Count the pairs with a row of their cell type and set for which ``hit`` holds.
+
+    ``hit(rows, direction)`` is True per row of the pair's cell type and set that
+    finds it in the planted ``direction`` (``"up"`` or ``"down"``).
+    """
+    found = 0
+    for name, ct, direction in pairs:
+        rows = results[
+            (results["cell_type"].astype(str) == ct) & _term_index(results["term"], name)
+        ]
+        found += bool(hit(rows, direction).any())
+    return found
+
+
 def gsea_scores(
     gsea_results: pd.DataFrame, pairs: list[tuple[str, str, str]], *, alpha: float
 ) -> dict[str, int]:
@@ -323,14 +342,14 @@ def gsea_scores(
     dict
         ``gsea.planted_found`` and ``gsea.planted_total``.
     """
-    found = 0
-    for name, ct, direction in pairs:
-        rows = gsea_results[
-            (gsea_results["cell_type"].astype(str) == ct) & _term_index(gsea_results["term"], name)
-        ]
+
+    def hit(rows: pd.DataFrame, direction: str) -> np.ndarray:
         sign = 1.0 if direction == "up" else -1.0
-        ok = (rows["fdr"].to_numpy(float) < alpha) & (np.sign(rows["nes"].to_numpy(float)) == sign)
-        found += bool(ok.any())
+        return (rows["fdr"].to_numpy(float) < alpha) & (
+            np.sign(rows["nes"].to_numpy(float)) == sign
+        )
+
+    found = _pairs_found(gsea_results, pairs, hit)
     return {"gsea.planted_found": found, "gsea.planted_total": len(pairs)}
 
 
@@ -353,12 +372,10 @@ def ora_scores(
     dict
         ``ora.planted_found``.
     """
-    found = 0
-    for name, ct, direction in pairs:
-        rows = ora_results[
-            (ora_results["cell_type"].astype(str) == ct)
-            & (ora_results["direction"].astype(str) == direction)
-            & _term_index(ora_results["term"], name)
-        ]
-        found += bool((rows["padj"].to_numpy(float) < alpha).any())
-    return {"ora.planted_found": found}
+
+    def hit(rows: pd.DataFrame, direction: str) -> np.ndarray:
+        return (rows["direction"].astype(str) == direction).to_numpy() & (
+            rows["padj"].to_numpy(float) < alpha
+        )
+
+    return {"ora.planted_found": _pairs_found(ora_results, pairs, hit)}
