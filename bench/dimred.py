@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     import scanpy as sc
     from sklearn.neighbors import NearestNeighbors
 
-    from immune_aging import counts, io
+    from immune_aging import cell_tables, counts, io
     from immune_aging.analysis import dimred, plots, preprocess
     from immune_aging.analysis import hvg as hvg_select
     from immune_aging.params import load_section
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     filtered = args.project / "data" / "filter" / "filtered.h5ad"
     with t("preprocess: read counts"):
         backed = io.read_h5ad(filtered, backed=True)
-        keep = counts.read_keep(
+        keep = cell_tables.read_keep(
             args.project / "data" / "qc" / "cells.parquet", backed.obs_names, filtered
         )
         obs, var = backed.obs.loc[keep].copy(), backed.var.copy()

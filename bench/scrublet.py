@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import immune_aging  # noqa: E402,F401  (thread variables before numpy's BLAS starts)
 from immune_aging import io  # noqa: E402
-from immune_aging.analysis import doublets, evaluate, qc  # noqa: E402
+from immune_aging.analysis import doublets, evaluate, qc, qc_rules  # noqa: E402
 from immune_aging.analysis.scrublet import scrublet  # noqa: E402
 from immune_aging.params import load_section  # noqa: E402
 
@@ -116,17 +116,8 @@ def timed(fn, counts, rate, seed, repeats):
 def eligible_cells(adata: ad.AnnData, params) -> np.ndarray:
     """Cells passing every ``qc`` threshold rule (what Scrublet scores in the stage)."""
     metrics = qc.qc_metrics(adata)
-    fails, _ = qc.threshold_rules(
-        metrics,
-        groups=adata.obs["donor_id"],
-        thresholds=params.thresholds,
-        min_genes=params.min_genes,
-        max_genes=params.max_genes,
-        min_counts=params.min_counts,
-        max_counts=params.max_counts,
-        max_pct_mt=params.max_pct_mt,
-        max_pct_hb=params.max_pct_hb,
-        n_mads=params.n_mads,
+    fails, _ = qc_rules.threshold_rules(
+        metrics, groups=adata.obs["donor_id"], rules=qc_rules.Rules.of(params)
     )
     return ~fails.any(axis=1).to_numpy()
 

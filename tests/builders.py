@@ -539,7 +539,7 @@ def write_selected(
     obs and var column of ``adata``. Returns the paths ``(raw, selection)``.
     """
     from immune_aging import io
-    from immune_aging.counts import COLUMN, ROW, SELECTION_UNS
+    from immune_aging.selection import COLUMN, ROW, SELECTION_UNS
 
     source = adata if source is None else source
     folder = Path(folder)

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import yaml
 from tests.builders import fork_stage, warm_up
 
-from immune_aging import counts, io, synthetic
+from immune_aging import io, selection, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -342,7 +342,7 @@ def validate_output(stage: str, root: Path) -> str | None:
                 return f"metrics counts = {metrics['counts']!r}"
         elif stage == "filter":
             metrics = json.loads((root / "metrics/filter.json").read_text())
-            chosen = counts.read_selection(
+            chosen = selection.read_selection(
                 root / "data/filter/selection.h5ad", root / "data/raw/dataset.h5ad"
             )
             adata = ad.AnnData(X=chosen.read(), obs=chosen.obs, var=chosen.var)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from tests.test_counts import X, write, write_selection
 
-from immune_aging import batches, counts, executor
+from immune_aging import batches, executor, selection
 
 
 def column_sums(positions, matrix, extra):
@@ -38,7 +38,7 @@ def run(monkeypatch, scheduler, chosen, labels, keep):
 def test_batches_give_the_same_results_here_and_on_dask_workers(tmp_path, monkeypatch):
     source = write(tmp_path)
     path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
-    chosen = counts.read_selection(path, source)
+    chosen = selection.read_selection(path, source)
     keep = np.array([True, False, True, True])
     labels = np.array(["x", "y", "x"])  # of the kept cells a, c, d: x not contiguous
     here = run(monkeypatch, None, chosen, labels, keep)

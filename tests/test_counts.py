@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from immune_aging import counts, io
+from immune_aging import cell_tables, count_checks, counts, io, selection
 from immune_aging.errors import InputError
 
 X = np.array(
@@ -135,7 +135,7 @@ def write_selection(tmp_path, source, keep, genes, location="X"):
 def test_read_selection_reads_the_source_counts(tmp_path, monkeypatch):
     source = write(tmp_path)
     path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1])
-    chosen = counts.read_selection(path, source)
+    chosen = selection.read_selection(path, source)
     assert chosen.obs_names.tolist() == ["a", "c", "d"]
     assert "row" not in chosen.obs.columns and "column" not in chosen.var.columns
     assert chosen.rows.tolist() == [0, 2, 3] and chosen.columns.tolist() == [0, 2, 3]
@@ -160,7 +160,7 @@ def test_read_selection_reads_raw_x(tmp_path):
     adata.raw = ad.AnnData(X=sparse.csr_matrix(X), obs=adata.obs, var=adata.var)
     io.write_h5ad(adata, tmp_path / "x.h5ad")
     path = write_selection(tmp_path, tmp_path / "x.h5ad", [1, 1, 1, 1], [1, 0, 1, 1], "raw.X")
-    chosen = counts.read_selection(path, tmp_path / "x.h5ad")
+    chosen = selection.read_selection(path, tmp_path / "x.h5ad")
     np.testing.assert_array_equal(chosen.read().toarray(), X[:, [0, 2, 3]])
 
 
@@ -171,7 +171,7 @@ def test_read_selection_refuses_another_source(tmp_path):
     other = tmp_path / "other" / "x.h5ad"
     io.write_h5ad(ad.read_h5ad(source)[:3].copy(), other)  # one cell fewer
     with pytest.raises(InputError) as err:
-        counts.read_selection(path, other)
+        selection.read_selection(path, other)
     assert str(err.value) == (
         f"{path}: made from an input of 4 cells x 4 genes, but {other} has 3 x 4: "
         "rerun the filter stage"
@@ -180,7 +180,7 @@ def test_read_selection_refuses_another_source(tmp_path):
     renamed.obs_names = ["a", "b", "x", "d"]
     io.write_h5ad(renamed, tmp_path / "other" / "renamed.h5ad")
     with pytest.raises(InputError) as err:
-        counts.read_selection(path, tmp_path / "other" / "renamed.h5ad")
+        selection.read_selection(path, tmp_path / "other" / "renamed.h5ad")
     assert str(err.value) == (
         f"{path}: cell 'c' is 'x' in {tmp_path / 'other' / 'renamed.h5ad'} (position 2): "
         "made from another input, rerun the filter stage"
@@ -189,16 +189,16 @@ def test_read_selection_refuses_another_source(tmp_path):
     renamed.var_names = ["G0", "G1", "G2", "G9"]
     io.write_h5ad(renamed, tmp_path / "other" / "genes.h5ad")
     with pytest.raises(InputError, match=r"gene 'G3' is 'G9' in .* \(position 3\)"):
-        counts.read_selection(path, tmp_path / "other" / "genes.h5ad")
+        selection.read_selection(path, tmp_path / "other" / "genes.h5ad")
     raw_path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1], "raw.X")
     with pytest.raises(InputError, match=r"made from the counts in raw.X, but .* has no raw.X"):
-        counts.read_selection(raw_path, source)
+        selection.read_selection(raw_path, source)
 
 
 def test_read_selection_refuses_a_file_that_is_not_one(tmp_path):
     source = write(tmp_path)
     with pytest.raises(InputError) as err:
-        counts.read_selection(source, source)
+        selection.read_selection(source, source)
     assert str(err.value) == (
         f"{source}: uns 'selection' (location, n_obs, n_vars) missing: not a selection of the "
         "filter stage"
@@ -208,11 +208,11 @@ def test_read_selection_refuses_a_file_that_is_not_one(tmp_path):
     broken.obs["row"] = [0, 3, 2]
     io.write_h5ad(broken, path)
     with pytest.raises(InputError, match=r"obs column 'row' is not strictly ascending$"):
-        counts.read_selection(path, source)
+        selection.read_selection(path, source)
     broken.obs["row"] = [0, 2, 4]
     io.write_h5ad(broken, path)
     with pytest.raises(InputError, match=r"obs column 'row' holds positions outside 0..3$"):
-        counts.read_selection(path, source)
+        selection.read_selection(path, source)
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_read_selection_refuses_a_file_that_is_not_one(tmp_path):
     ],
 )
 def test_count_problem(values, problem):
-    assert counts.count_problem(values) == problem
+    assert count_checks.count_problem(values) == problem
 
 
 def write_cells(tmp_path, table):
@@ -239,7 +239,7 @@ def write_cells(tmp_path, table):
 
 def test_read_keep_aligns_with_the_matrix_order(tmp_path):
     table = pd.DataFrame({"cell_id": ["d", "c", "b", "a"], "keep": [True, False, True, False]})
-    keep = counts.read_keep(write_cells(tmp_path, table), CELLS, "x.h5ad")
+    keep = cell_tables.read_keep(write_cells(tmp_path, table), CELLS, "x.h5ad")
     assert keep.tolist() == [False, True, False, True]
 
 
@@ -270,12 +270,16 @@ def test_read_keep_aligns_with_the_matrix_order(tmp_path):
             pd.DataFrame({"cell_id": list("abca"), "keep": [True] * 4}),
             "cell_id 'a' repeated",
         ),
+        (
+            pd.DataFrame({"cell_id": list("abcd"), "keep": [False] * 4}),
+            "no cell has keep == True",
+        ),
     ],
 )
 def test_read_keep_faults_are_one_line_each(tmp_path, table, message):
     path = write_cells(tmp_path, table)
     with pytest.raises(InputError) as err:
-        counts.read_keep(path, CELLS, "x.h5ad")
+        cell_tables.read_keep(path, CELLS, "x.h5ad")
     assert str(err.value) == f"{path}: {message}"
 
 
@@ -283,7 +287,7 @@ def test_read_cells_accepts_index_or_column(tmp_path):
     as_index = pd.DataFrame(
         {"predicted_doublet": [False, True]}, index=pd.Index([1, 2], name="cell_id")
     )
-    table = counts.read_cells(write_cells(tmp_path, as_index), ["predicted_doublet"])
+    table = cell_tables.read_cells(write_cells(tmp_path, as_index), ["predicted_doublet"])
     assert table.index.tolist() == ["1", "2"] and table.index.name == "cell_id"
 
 
@@ -292,28 +296,28 @@ def test_read_cells_accepts_index_or_column(tmp_path):
 
 def test_group_batches_hold_whole_groups_in_order_of_first_cell():
     labels = np.array(["b", "a", "b", "c", "a", "c", "c", "d"])
-    batches = counts.group_batches(labels, 4)
+    batches = selection.group_batches(labels, 4)
     # b (2 cells) + a (2) fill the first batch; c (3) + d (1) the second
     assert [b.tolist() for b in batches] == [[0, 1, 2, 4], [3, 5, 6, 7]]
-    assert [b.tolist() for b in counts.group_batches(labels, 2)] == [
+    assert [b.tolist() for b in selection.group_batches(labels, 2)] == [
         [0, 2],
         [1, 4],
         [3, 5, 6],  # a group larger than a batch is a batch of its own
         [7],
     ]
-    assert [b.tolist() for b in counts.group_batches(labels, 100)] == [list(range(8))]
-    assert counts.group_batches(np.array([], dtype=str), 5) == []
+    assert [b.tolist() for b in selection.group_batches(labels, 100)] == [list(range(8))]
+    assert selection.group_batches(np.array([], dtype=str), 5) == []
 
 
 def test_batch_cells_from_the_environment(monkeypatch):
-    monkeypatch.delenv(counts.BATCH_CELLS_ENV, raising=False)
-    assert counts.batch_cells() == counts.BATCH_CELLS
-    monkeypatch.setenv(counts.BATCH_CELLS_ENV, "12")
-    assert counts.batch_cells() == 12
+    monkeypatch.delenv(selection.BATCH_CELLS_ENV, raising=False)
+    assert selection.batch_cells() == selection.BATCH_CELLS
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "12")
+    assert selection.batch_cells() == 12
     for bad in ("0", "-3", "1.5", "many"):
-        monkeypatch.setenv(counts.BATCH_CELLS_ENV, bad)
+        monkeypatch.setenv(selection.BATCH_CELLS_ENV, bad)
         with pytest.raises(InputError, match="expected a positive number of cells"):
-            counts.batch_cells()
+            selection.batch_cells()
 
 
 def test_kept_blocks_read_only_the_span_of_the_kept_cells(tmp_path, monkeypatch):
@@ -333,7 +337,7 @@ def test_kept_blocks_read_only_the_span_of_the_kept_cells(tmp_path, monkeypatch)
 def test_selection_reads_batches_of_groups_and_gene_subsets(tmp_path, monkeypatch, layout):
     source = write(tmp_path, layout=layout)
     path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
-    chosen = counts.read_selection(path, source)
+    chosen = selection.read_selection(path, source)
     genes = np.array([True, False, True])  # of the selection's genes: G0 and G3
     np.testing.assert_array_equal(chosen.read(genes=genes).toarray(), X[:, [0, 3]])
     keep = np.array([True, False, True, True])

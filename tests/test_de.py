@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from tests.builders import CT, make_pseudobulk, tiny_params, write_params
 
-from immune_aging import counts, io, names
+from immune_aging import count_checks, io, names
 from immune_aging.analysis import age, de, de_plots, de_samples
 from immune_aging.errors import InputError
 from immune_aging.stages import de as de_stage
@@ -162,7 +162,7 @@ def test_validation_messages(change, message):
     adata = make_pseudobulk()
     change(adata)
     with pytest.raises(InputError) as err:
-        counts.validate_pseudobulk(adata, "pb.h5ad")
+        count_checks.validate_pseudobulk(adata, "pb.h5ad")
     assert str(err.value) == message
 
 
@@ -170,7 +170,7 @@ def test_duplicate_sample_is_refused():
     adata = make_pseudobulk(extra=False)
     adata.obs["donor_id"] = "D0"
     with pytest.raises(InputError) as err:
-        counts.validate_pseudobulk(adata, "pb.h5ad")
+        count_checks.validate_pseudobulk(adata, "pb.h5ad")
     assert str(err.value) == f"pb.h5ad: more than one sample for cell type {CT!r} and donor 'D0'"
 
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import sparse
 from tests.builders import tiny_params, write_params
 
-from immune_aging import counts, io
+from immune_aging import io, selection
 from immune_aging.analysis import filter_rules, filtering
 from immune_aging.errors import InputError
 from immune_aging.stages import filter as stage
@@ -317,7 +317,7 @@ def test_stage_writes_the_selection(tmp_path, monkeypatch, layout):
     assert kept.obs["row"].tolist() == adata.obs_names.get_indexer(kept.obs_names).tolist()
     assert kept.uns["selection"]["location"] == ("raw.X" if layout == "raw" else "X")
     # the counts read through the selection are the input's
-    chosen = counts.read_selection(out / "selection.h5ad", "dataset.h5ad")
+    chosen = selection.read_selection(out / "selection.h5ad", "dataset.h5ad")
     matrix = chosen.read()
     assert isinstance(matrix, sparse.csr_matrix)
     assert matrix.dtype == np.float32

@@ -12,8 +12,8 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import counts, io
-from immune_aging.analysis import hvg, preprocess
+from immune_aging import io, selection
+from immune_aging.analysis import hvg, preprocess, preprocess_plots
 from immune_aging.errors import InputError
 from immune_aging.stages import preprocess as stage
 
@@ -201,6 +201,7 @@ def test_run_pca_rejects_an_unknown_solver():
 
 
 def run(adata, keep=None, **kw):
+    """Preprocess counts in memory: the kept cells as one batch."""
     params = {
         "target_sum": 1e4,
         "n_top_genes": 50,
@@ -210,8 +211,18 @@ def run(adata, keep=None, **kw):
         "seed": 0,
         "pca_solver": "covariance",
     }
-    keep = np.ones(adata.n_obs, dtype=bool) if keep is None else keep
-    return preprocess.preprocess(adata, keep=keep, **(params | kw))
+    cells = adata if keep is None else adata[keep].copy()
+    X = cells.X
+    before = X.copy()
+    result = preprocess.preprocess(
+        [(np.arange(cells.n_obs), X)],
+        lambda genes: X[:, genes],
+        obs=cells.obs,
+        var=cells.var,
+        **(params | kw),
+    )
+    assert (X != before).nnz == 0  # the counts read are not modified
+    return result
 
 
 def test_preprocess_result_layout():
@@ -258,11 +269,15 @@ def test_preprocess_blocklist_removing_everything():
 
 def test_plots_and_variance_table():
     result, _ = run(counts_dataset())
-    table = preprocess.variance_table(result)
+    table = preprocess_plots.variance_table(result)
     assert table["pc"].tolist() == [1, 2, 3, 4, 5]
     assert table["cumulative"].iloc[-1] == pytest.approx(table["variance_ratio"].sum())
-    assert len(preprocess.plot_pca(result).axes) == 3  # two panels and a colour bar
-    assert preprocess.plot_elbow(table).axes[0].get_yscale() == "log"
+    rows = np.arange(0, result.n_obs, 2)
+    assert len(preprocess_plots.plot_pca(result, rows).axes) == 3  # two panels, a colour bar
+    assert preprocess_plots.plot_elbow(table).axes[0].get_yscale() == "log"
+    figures, tables = preprocess_plots.figures_and_tables(result, seed=0)
+    assert sorted(figures) == ["pca.png", "pca_variance_ratio.png"]
+    pd.testing.assert_frame_equal(tables["pca_variance_ratio.csv"], table)
 
 
 # --------------------------------------------------------------------------- stage
@@ -348,6 +363,17 @@ def test_stage_cells_table_without_keep(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_stage_refuses_a_cells_table_keeping_no_cell(tmp_path, monkeypatch, capsys):
+    adata = counts_dataset()
+    write_inputs(tmp_path, adata, np.zeros(adata.n_obs, dtype=bool))
+    code, out = run_stage(tmp_path, monkeypatch)
+    assert code == 2
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: preprocess: cells.parquet: no cell has keep == True"
+    )
+
+
 def test_stage_too_many_components(tmp_path, monkeypatch, capsys):
     adata = counts_dataset()
     write_inputs(tmp_path, adata, np.ones(adata.n_obs, dtype=bool))
@@ -367,7 +393,7 @@ def interleaved(adata):
 
 def donor_batches(adata, max_cells):
     labels = adata.obs["donor_id"].astype(str).to_numpy()
-    for positions in counts.group_batches(labels, max_cells):
+    for positions in selection.group_batches(labels, max_cells):
         yield positions, adata.X[positions]
 
 
@@ -402,7 +428,12 @@ def test_hvg_streamed_refuses_split_donors():
 
 def test_column_moments_do_not_depend_on_the_split():
     X = counts_dataset().X
-    whole = hvg._column_mean_var(X)
+    one = hvg.ColumnMoments(X.shape[1])
+    one.add(X)
+    whole = one.mean_var()
+    dense = X.toarray().astype(np.float64)
+    np.testing.assert_allclose(whole[0], dense.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole[1], dense.var(axis=0, ddof=1), rtol=1e-9)
     moments = hvg.ColumnMoments(X.shape[1])
     for lo in (100, 0, 37):  # any order, any split
         moments.add(X[lo : {100: None, 0: 37, 37: 100}[lo]], block=7)
@@ -411,20 +442,28 @@ def test_column_moments_do_not_depend_on_the_split():
 
 
 @pytest.mark.parametrize("max_cells", [1, 70, 1000])
-def test_preprocess_streamed_equals_one_pass(max_cells, monkeypatch):
-    monkeypatch.setattr(preprocess, "SCALE_ROWS", 7)  # several row chunks
+def test_preprocess_does_not_depend_on_the_batches(max_cells, monkeypatch):
     adata = interleaved(counts_dataset(sizes=(60, 50, 40)))
     keep = np.ones(adata.n_obs, dtype=bool)
     keep[::7] = False
-    whole, info = run(adata, keep)
+    whole, info = run(adata, keep)  # one batch, one row chunk
     cells = adata[keep].copy()
+    used = whole.var["used_for_pca"].to_numpy()
+    # the parts agree with the one-pass steps, each checked against scanpy above
+    hvgs, _ = hvg.highly_variable_genes(cells, n_top_genes=50, span=0.8)
+    assert whole.var["highly_variable"].tolist() == hvgs["highly_variable"].tolist()
+    data = preprocess.log_normalise(cells.X, columns=used, target_sum=1e4)
+    np.testing.assert_array_equal(
+        whole.obsm["X_pca"], preprocess.run_pca(data, n_comps=5, seed=0)["X_pca"]
+    )
+    monkeypatch.setattr(preprocess, "SCALE_ROWS", 7)  # several row chunks
     asked = []
 
     def read_columns(genes):
         asked.append(genes.copy())
         return cells.X[:, genes].copy()
 
-    parts, parts_info = preprocess.preprocess_streamed(
+    parts, parts_info = preprocess.preprocess(
         donor_batches(cells, max_cells),
         read_columns,
         obs=cells.obs,
@@ -437,11 +476,10 @@ def test_preprocess_streamed_equals_one_pass(max_cells, monkeypatch):
         seed=0,
     )
     assert info == parts_info
-    assert len(asked) == 1 and asked[0].tolist() == whole.var["used_for_pca"].tolist()
+    assert len(asked) == 1 and asked[0].tolist() == used.tolist()
     pd.testing.assert_frame_equal(whole.obs, parts.obs, check_exact=True)
     pd.testing.assert_frame_equal(whole.var, parts.var, check_exact=True)
-    for key in ("X_pca",):
-        np.testing.assert_array_equal(whole.obsm[key], parts.obsm[key])
+    np.testing.assert_array_equal(whole.obsm["X_pca"], parts.obsm["X_pca"])
     np.testing.assert_array_equal(whole.varm["PCs"], parts.varm["PCs"])
     for key in ("variance", "variance_ratio"):
         np.testing.assert_array_equal(whole.uns["pca"][key], parts.uns["pca"][key])
@@ -454,7 +492,7 @@ def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
     keep[::10] = False
     outputs = []
     for size in ("1", "70", ""):
-        monkeypatch.setenv(counts.BATCH_CELLS_ENV, size)
+        monkeypatch.setenv(selection.BATCH_CELLS_ENV, size)
         folder = tmp_path / (size or "default")
         folder.mkdir()
         write_inputs(folder, adata, keep)

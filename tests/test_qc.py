@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import anndata as ad
 import numpy as np
@@ -12,21 +13,22 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import counts
-from immune_aging.analysis import doublets, plots, qc
+from immune_aging import selection
+from immune_aging.analysis import doublets, plots, qc, qc_rules
 from immune_aging.errors import InputError
+from immune_aging.params import load_section
 from immune_aging.stages import qc as stage
 
-FIXED = {
-    "thresholds": "fixed",
-    "min_genes": 2,
-    "max_genes": 10,
-    "min_counts": 5,
-    "max_counts": 100,
-    "max_pct_mt": 20.0,
-    "max_pct_hb": 5.0,
-    "n_mads": 3.0,
-}
+FIXED = qc_rules.Rules(
+    thresholds="fixed",
+    min_genes=2,
+    max_genes=10,
+    min_counts=5,
+    max_counts=100,
+    max_pct_mt=20.0,
+    max_pct_hb=5.0,
+    n_mads=3.0,
+)
 
 
 def tiny_counts() -> ad.AnnData:
@@ -143,7 +145,7 @@ def test_fixed_limits_are_strict():
         n_genes_by_counts=[2, 3, 9, 10, 5, 5, 5, 5],
         total_counts=[50, 50, 50, 50, 5, 6, 99, 100],
     )
-    fails, limits = qc.threshold_rules(m, groups=pd.Series(["g"] * 8), **FIXED)
+    fails, limits = qc_rules.threshold_rules(m, groups=pd.Series(["g"] * 8), rules=FIXED)
     assert fails["fail_min_genes"].tolist() == [True] + [False] * 7
     assert fails["fail_max_genes"].tolist() == [False] * 3 + [True] + [False] * 4
     assert fails["fail_min_counts"].tolist() == [False] * 4 + [True] + [False] * 3
@@ -154,7 +156,7 @@ def test_fixed_limits_are_strict():
 
 def test_mitochondrial_and_hemoglobin_limits():
     m = metrics_table(pct_counts_mt=[19.9, 20.0, 1.0, 1.0], pct_counts_hb=[0, 0, 4.99, 5.0])
-    fails, _ = qc.threshold_rules(m, groups=pd.Series(["g"] * 4), **FIXED)
+    fails, _ = qc_rules.threshold_rules(m, groups=pd.Series(["g"] * 4), rules=FIXED)
     assert fails["fail_pct_mt"].tolist() == [False, True, False, False]
     assert fails["fail_pct_hb"].tolist() == [False, False, False, True]
 
@@ -163,7 +165,9 @@ def test_mad_windows_per_group():
     totals = [100, 110, 120, 130, 140, 1000, 1000, 1100, 1200, 1300, 1400, 100]
     m = metrics_table(total_counts=totals, n_genes_by_counts=[50] * 12)
     groups = pd.Series(["a"] * 6 + ["b"] * 6)
-    fails, limits = qc.threshold_rules(m, groups=groups, **{**FIXED, "thresholds": "mad"})
+    fails, limits = qc_rules.threshold_rules(
+        m, groups=groups, rules=replace(FIXED, thresholds="mad")
+    )
     # the outlier of each group is flagged, on its own side of the window
     assert fails["fail_max_counts"].tolist() == [False] * 5 + [True] + [False] * 6
     assert fails["fail_min_counts"].tolist() == [False] * 11 + [True]
@@ -173,12 +177,20 @@ def test_mad_windows_per_group():
     assert limits.loc["b", "max_pct_hb"] == 5.0
 
 
+def test_rules_are_taken_from_the_qc_params_by_name(tmp_path):
+    write_params(tmp_path / "params.yaml", tiny_params(qc={"n_mads": 4.5}))
+    params = load_section("qc", tmp_path / "params.yaml")
+    rules = qc_rules.Rules.of(params)
+    assert rules.thresholds == params.thresholds and rules.n_mads == params.n_mads == 4.5
+    assert rules.min_genes == params.min_genes and rules.max_pct_hb == params.max_pct_hb
+
+
 def test_fixed_limits_must_be_ordered():
     m = metrics_table(total_counts=[1.0])
     with pytest.raises(
         InputError, match=r"^qc.min_genes \(10\) must be below qc.max_genes \(10\)$"
     ):
-        qc.threshold_rules(m, groups=pd.Series(["g"]), **{**FIXED, "min_genes": 10})
+        qc_rules.threshold_rules(m, groups=pd.Series(["g"]), rules=replace(FIXED, min_genes=10))
 
 
 # --------------------------------------------------------------------------- doublets
@@ -251,7 +263,7 @@ def test_scrublet_failure_marks_the_group_not_scored():
 
 def test_qc_table_keep_and_summary():
     m = metrics_table(total_counts=[50.0, 2.0, 50.0])
-    fails, limits = qc.threshold_rules(m, groups=pd.Series(["g"] * 3), **FIXED)
+    fails, limits = qc_rules.threshold_rules(m, groups=pd.Series(["g"] * 3), rules=FIXED)
     doublets = pd.DataFrame(
         {"doublet_score": [0.1, np.nan, 0.9], "predicted_doublet": [False, False, True]},
         index=m.index,
@@ -373,7 +385,7 @@ def shuffled_cells() -> ad.AnnData:
 
 def batches_of(adata, key, max_cells):
     labels = adata.obs[key].astype(str).to_numpy()
-    for positions in counts.group_batches(labels, max_cells):
+    for positions in selection.group_batches(labels, max_cells):
         yield positions, adata.X[positions]
 
 
@@ -381,13 +393,16 @@ def batches_of(adata, key, max_cells):
 @pytest.mark.parametrize("max_cells", [1, 130, 150, 10_000])
 def test_batches_of_whole_groups_equal_one_pass(thresholds, max_cells):
     adata = shuffled_cells()
+    rules = replace(
+        FIXED,
+        thresholds=thresholds,
+        min_genes=100,
+        min_counts=200,
+        max_genes=10_000,
+        max_counts=100_000,
+    )
     kwargs = {
-        **FIXED,
-        "thresholds": thresholds,
-        "min_genes": 100,
-        "min_counts": 200,
-        "max_genes": 10_000,
-        "max_counts": 100_000,
+        "rules": rules,
         "expected_doublet_rate": 0.06,
         "min_cells_scrublet": 100,
         "seed": 0,
@@ -401,7 +416,7 @@ def test_batches_of_whole_groups_equal_one_pass(thresholds, max_cells):
         **kwargs,
     )
     assert (
-        len(counts.group_batches(adata.obs["donor_id"], max_cells))
+        len(selection.group_batches(adata.obs["donor_id"], max_cells))
         == {
             1: 3,
             130: 3,
@@ -422,7 +437,7 @@ def test_batches_of_whole_groups_equal_one_pass(thresholds, max_cells):
 
 def test_batches_must_hold_whole_groups_and_every_cell():
     adata = shuffled_cells()
-    kwargs = {**FIXED, "expected_doublet_rate": 0.06, "min_cells_scrublet": 100, "seed": 0}
+    kwargs = {"rules": FIXED, "expected_doublet_rate": 0.06, "min_cells_scrublet": 100, "seed": 0}
     half = np.arange(0, adata.n_obs, 2), np.arange(1, adata.n_obs, 2)
     split = ((p, adata.X[p]) for p in half)  # every donor in both halves
     with pytest.raises(ValueError, match="split between batches"):
@@ -436,7 +451,7 @@ def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
     adata = shuffled_cells()
     outputs = []
     for size in ("1", "150", ""):
-        monkeypatch.setenv(counts.BATCH_CELLS_ENV, size)
+        monkeypatch.setenv(selection.BATCH_CELLS_ENV, size)
         folder = tmp_path / (size or "default")
         folder.mkdir()
         code, out = run_stage(folder, monkeypatch, adata, thresholds="mad")
@@ -449,7 +464,7 @@ def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
 
 
 def test_stage_refuses_a_bad_batch_size(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(counts.BATCH_CELLS_ENV, "many")
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "many")
     code, _ = run_stage(tmp_path, monkeypatch, cells_dataset())
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from immune_aging import counts, io
+from immune_aging import count_checks, io
 from immune_aging.errors import InputError
-from immune_aging.validate import counts_location, validate_dataset, validate_file
+from immune_aging.validate import counts_location, validate_dataset, validated
 
 P = "data/raw/dataset.h5ad"
 COUNTS = np.array(
@@ -159,15 +159,17 @@ def test_raw_genes_must_match_symbols():
 def test_not_an_h5ad_file(tmp_path):
     path = tmp_path / "dataset.h5ad"
     path.write_text("donor_id,cell_type\n")
-    with pytest.raises(InputError) as err:
-        validate_file(path)
+    with pytest.raises(InputError) as err, validated(path):
+        pass
     assert str(err.value) == f"{path}: not an h5ad file (no HDF5 signature)"
 
 
 def test_backed_file_reads_raw_counts(tmp_path):
     path = tmp_path / "dataset.h5ad"
     io.write_h5ad(make(normalised(), raw=COUNTS), path)
-    assert validate_file(path) == "raw.X"
+    with validated(path) as (adata, location):
+        assert adata.isbacked and location == "raw.X"
+    assert not adata.file.is_open  # closed after the block
 
 
 def test_sample_of_zeros_reads_on_and_finds_values(tmp_path):
@@ -220,13 +222,13 @@ def test_x_is_taken_over_a_raw_x_without_counts_with_a_warning(caplog):
 
 def csr_error(*args, **kwargs) -> str:
     with pytest.raises(InputError) as err:
-        counts.check_csr_block(*args, where=f"{P}: X", **kwargs)
+        count_checks.check_csr_block(*args, where=f"{P}: X", **kwargs)
     return str(err.value)
 
 
 def test_sound_csr_block_passes():
-    counts.check_csr_block(np.array([0, 2, 2, 3]), np.array([0, 4, 1]), 5, where="x")
-    counts.check_csr_block(np.array([0]), np.array([], dtype=np.int32), 5, where="x")
+    count_checks.check_csr_block(np.array([0, 2, 2, 3]), np.array([0, 4, 1]), 5, where="x")
+    count_checks.check_csr_block(np.array([0]), np.array([], dtype=np.int32), 5, where="x")
 
 
 def test_column_index_out_of_range():
@@ -249,9 +251,9 @@ def test_indptr_defects():
         f"{P}: X: corrupt sparse matrix (indptr ends at 1, but there are 2 stored entries)"
     )
     with pytest.raises(InputError, match=r"indptr has 3 entries for 4 rows, expected 5\)$"):
-        counts.check_csr_indptr(np.array([0, 1, 2]), 4, 2, where="x")
+        count_checks.check_csr_indptr(np.array([0, 1, 2]), 4, 2, where="x")
     with pytest.raises(InputError, match=r"indptr is not a 1-D integer array\)$"):
-        counts.check_csr_indptr(np.array([0.0, 1.0]), 1, 1, where="x")
+        count_checks.check_csr_indptr(np.array([0.0, 1.0]), 1, 1, where="x")
 
 
 def test_validation_sample_checks_column_indices(tmp_path):
@@ -262,6 +264,6 @@ def test_validation_sample_checks_column_indices(tmp_path):
     adata = make()
     adata.X = x
     io.write_h5ad(adata, path)
-    with pytest.raises(InputError) as err:
-        validate_file(path)
+    with pytest.raises(InputError) as err, validated(path):
+        pass
     assert str(err.value) == f"{path}: X: corrupt sparse matrix (column index 7 outside 0..2)"

@@ -1,12 +1,12 @@
 """Work on the kept cells' counts a batch of whole groups at a time, here or on a cluster.
 
 :func:`map_batches` splits the cells into batches of whole groups (donors or
-pools, :func:`immune_aging.counts.group_batches`) and yields ``fn(positions,
+pools, :func:`immune_aging.selection.group_batches`) and yields ``fn(positions,
 counts, extra)`` for each batch, in batch order:
 
 - with no Dask scheduler (``IMMUNE_AGING_SCHEDULER`` unset), this process reads
   each batch from the input file and calls ``fn`` on it, one batch at a time
-  (:meth:`immune_aging.counts.Selection.read_batches`, with its progress lines);
+  (:meth:`immune_aging.selection.Selection.read_batches`, with its progress lines);
 - under a scheduler, each batch is a job of :func:`immune_aging.executor.imap_ordered`:
   a worker reads the batch's counts itself from the input file (which must be at
   the same path on every worker: a shared file system) and returns only ``fn``'s
@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 from scipy import sparse
 
-from immune_aging import counts as count_io
-from immune_aging import executor
+from immune_aging import counts, executor
+from immune_aging.selection import Selection, batch_cells, group_batches
 
 R = TypeVar("R")
 #: ``fn(positions, counts, extra)`` of :func:`map_batches`.
@@ -75,10 +75,10 @@ class CountsFile:
         keep[rows] = True
         genes = np.zeros(self.shape[1], dtype=bool)
         genes[self.columns] = True
-        counts, _ = count_io.read_counts(
+        matrix, _ = counts.read_counts(
             self.path, self.location, keep, genes=genes, drop_empty_genes=False
         )
-        return counts
+        return matrix
 
 
 def _job(job: tuple[BatchFn, CountsFile, np.ndarray, np.ndarray, Any]) -> Any:
@@ -87,7 +87,7 @@ def _job(job: tuple[BatchFn, CountsFile, np.ndarray, np.ndarray, Any]) -> Any:
 
 
 def map_batches(
-    selection: count_io.Selection,
+    selection: Selection,
     fn: BatchFn,
     labels: np.ndarray,
     *,
@@ -114,7 +114,7 @@ def map_batches(
         (e.g. the batch's rows of ``obs``); it is sent along with the job.
     max_cells
         Cells per batch at most, unless one group has more (None:
-        :func:`immune_aging.counts.batch_cells`).
+        :func:`immune_aging.selection.batch_cells`).
     label
         Names the batches in progress lines.
 
@@ -125,17 +125,17 @@ def map_batches(
     """
     more = extra if extra is not None else (lambda positions: None)
     if executor.in_task() or executor.scheduler() is None:
-        for positions, counts in selection.read_batches(
+        for positions, matrix in selection.read_batches(
             labels, keep=keep, max_cells=max_cells, label=label
         ):
-            yield fn(positions, counts, more(positions))
+            yield fn(positions, matrix, more(positions))
         return
     chosen = np.arange(len(selection.rows)) if keep is None else np.flatnonzero(keep)
     labels = np.asarray(labels)
     if len(labels) != len(chosen):
         raise ValueError(f"labels has {len(labels)} entries for {len(chosen)} cells")
-    size = count_io.batch_cells() if max_cells is None else max_cells
-    batches = count_io.group_batches(labels, size)
+    size = batch_cells() if max_cells is None else max_cells
+    batches = group_batches(labels, size)
     file = CountsFile(
         path=os.fspath(Path(selection.source).resolve()),
         location=selection.location,

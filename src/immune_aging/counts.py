@@ -1,39 +1,33 @@
-"""Raw counts and cell tables: the one reader the stages share.
+"""Raw counts streamed from an h5ad file: the one reader the stages share.
 
 - :func:`kept_blocks` streams the raw counts of the kept cells of an h5ad file
   (``X`` or ``raw.X``, CSR, CSC or dense) in blocks of rows, checking every
-  stored value with :func:`check_counts`;
+  stored value with :func:`~immune_aging.count_checks.check_counts`;
 - :func:`read_counts` assembles them into one CSR matrix whose arrays are
   allocated at their final size from the file's ``indptr``, so peak memory is the
   result plus one block (anndata's backed subsetting needs 2-3 times the result);
   both can keep a subset of the genes;
-- :func:`expressed_genes` finds the genes with any count in the kept cells;
-- :func:`read_selection` reads the ``filter`` stage's selection (the kept cells'
-  rows and genes' columns in the input), checks it against the input, and reads
-  the input's counts through it (:class:`Selection`);
-- :func:`read_keep` and :func:`read_cells` read the per-cell table of the ``qc``
-  stage (``cells.parquet``) aligned with the cells of a count matrix;
-- :func:`gene_table` returns the gene annotations matching the counts' columns.
+- :func:`expressed_genes` finds the genes with any count in the kept cells.
 
-Every fault raises :class:`~immune_aging.errors.InputError` with one line naming
-the file.
+The ``filter`` stage's selection of cells and genes is read through
+:mod:`immune_aging.selection`. Every fault raises
+:class:`~immune_aging.errors.InputError` with one line naming the file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-import pandas as pd
 from scipy import sparse
 
+from immune_aging.count_checks import check_counts, check_csr_block
 from immune_aging.errors import InputError
 from immune_aging.executor import Progress
 from immune_aging.guard import reading
@@ -42,160 +36,21 @@ log = logging.getLogger(__name__)
 
 #: Stored entries (dense: values) read per block while streaming counts.
 BLOCK_VALUES = 1 << 23
-#: The index (or column) naming cells in ``cells.parquet``.
-CELL_ID = "cell_id"
 
 
-# --------------------------------------------------------------------------- values
-
-
-def count_problem(values: np.ndarray) -> str | None:
-    """Describe why stored matrix values are not raw counts, or return None when they are.
-
-    Raw counts are finite, non-negative and integer-valued (any numeric dtype).
+def node_key(location: str) -> str:
+    """Return the HDF5 path of the counts at ``location`` (``"X"`` or ``"raw.X"``).
 
     Parameters
     ----------
-    values
-        The stored values (a sparse matrix's ``data``, or dense values).
+    location
+        ``"X"`` or ``"raw.X"``.
 
     Returns
     -------
-    str or None
-        E.g. ``"non-integer values (e.g. 2.5)"``, ``"negative values (e.g. -1)"``,
-        ``"non-finite values (e.g. nan)"`` or ``"values of type <U3"``.
+    str
+        ``"X"`` or ``"raw/X"``.
     """
-    values = np.asarray(values)
-    if values.size == 0:
-        return None
-    if values.dtype.kind in "iu":
-        negative = values[values < 0]
-        return f"negative values (e.g. {negative[0]:g})" if negative.size else None
-    if values.dtype.kind != "f":
-        return f"values of type {values.dtype}"
-    with np.errstate(invalid="ignore"):  # a signalling NaN (damaged file) would warn
-        for what, bad in (
-            ("non-finite", ~np.isfinite(values)),
-            ("non-integer", values != np.floor(values)),
-            ("negative", values < 0),
-        ):
-            if bad.any():
-                return f"{what} values (e.g. {values[bad][0]:.4g})"
-    return None
-
-
-def check_counts(values: np.ndarray, path: str | os.PathLike[str], location: str) -> None:
-    """Refuse stored matrix values that are not raw counts (see :func:`count_problem`).
-
-    Parameters
-    ----------
-    values
-        The stored values.
-    path
-        The file they came from.
-    location
-        Where in the file (``"X"``, ``"raw.X"``).
-
-    Raises
-    ------
-    InputError
-        ``<path>: <location> holds non-integer values (e.g. 2.5): raw counts are
-        required`` and the like.
-    """
-    problem = count_problem(values)
-    if problem is not None:
-        raise InputError(f"{path}: {location} holds {problem}: raw counts are required")
-
-
-# --------------------------------------------------------------------------- structure
-
-
-def check_csr_indptr(indptr: Any, n_rows: int, nnz: int, *, where: str) -> None:
-    """Check the row pointer of a CSR matrix (or the column pointer of a CSC one).
-
-    Parameters
-    ----------
-    indptr
-        The pointer array (1-D, integers).
-    n_rows
-        Rows of the matrix (columns for CSC).
-    nnz
-        Stored entries (the length of ``data`` and ``indices``).
-    where
-        Prefix of the message (file and matrix).
-
-    Raises
-    ------
-    InputError
-        ``<where>: corrupt sparse matrix (...)`` unless ``indptr`` has
-        ``n_rows + 1`` entries, starts at 0, never decreases and ends at ``nnz``.
-    """
-    indptr = np.asarray(indptr)
-    if indptr.ndim != 1 or indptr.dtype.kind not in "iu":
-        raise InputError(f"{where}: corrupt sparse matrix (indptr is not a 1-D integer array)")
-    if len(indptr) != n_rows + 1:
-        raise InputError(
-            f"{where}: corrupt sparse matrix (indptr has {len(indptr)} entries for "
-            f"{n_rows} rows, expected {n_rows + 1})"
-        )
-    if int(indptr[0]) != 0:
-        raise InputError(
-            f"{where}: corrupt sparse matrix (indptr starts at {int(indptr[0])}, not 0)"
-        )
-    steps = np.diff(indptr.astype(np.int64, copy=False))
-    if steps.size and int(steps.min()) < 0:
-        row = int(np.argmax(steps < 0))
-        raise InputError(
-            f"{where}: corrupt sparse matrix (indptr decreases at row {row}: "
-            f"{int(indptr[row])} then {int(indptr[row + 1])})"
-        )
-    if int(indptr[-1]) != nnz:
-        raise InputError(
-            f"{where}: corrupt sparse matrix (indptr ends at {int(indptr[-1])}, but there are "
-            f"{nnz} stored entries)"
-        )
-
-
-def check_csr_block(indptr: Any, indices: Any, n_cols: int, *, where: str) -> None:
-    """Check a block of CSR rows: its row pointer and that column indices are in range.
-
-    ``indptr`` is relative to the block (starts at 0). The check is two passes of
-    min/max over the block, cheap next to reading it.
-
-    Parameters
-    ----------
-    indptr
-        Row pointer of the block.
-    indices
-        Column indices of its stored entries.
-    n_cols
-        Columns of the matrix.
-    where
-        Prefix of the message (file and matrix).
-
-    Raises
-    ------
-    InputError
-        ``<where>: corrupt sparse matrix (...)`` naming the first defect.
-    """
-    indices = np.asarray(indices)
-    check_csr_indptr(indptr, len(indptr) - 1, len(indices), where=where)
-    if indices.size == 0:
-        return
-    if indices.dtype.kind not in "iu":
-        raise InputError(f"{where}: corrupt sparse matrix (column indices are not integers)")
-    low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= n_cols:
-        bad = low if low < 0 else high
-        raise InputError(
-            f"{where}: corrupt sparse matrix (column index {bad} outside 0..{n_cols - 1})"
-        )
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def _node_key(location: str) -> str:
     return "X" if location == "X" else "raw/X"
 
 
@@ -308,7 +163,8 @@ def kept_blocks(
 
     Blocks without a kept cell are skipped; those before the first kept cell or
     after the last one are not read at all (a subset of contiguous cells reads only
-    their blocks). Every stored value read is checked with :func:`check_counts`.
+    their blocks). Every stored value read is checked with
+    :func:`~immune_aging.count_checks.check_counts`.
 
     Parameters
     ----------
@@ -335,7 +191,7 @@ def kept_blocks(
     """
     path = Path(path)
     with h5py.File(path, "r") as fh, reading(path, location):
-        node = fh[_node_key(location)]
+        node = fh[node_key(location)]
         shape = matrix_shape(node)
         if shape[0] != len(keep):
             raise InputError(f"{path}: {location} has {shape[0]} rows, obs has {len(keep)}")
@@ -374,14 +230,8 @@ def read_counts(
 
     Parameters
     ----------
-    path
-        The h5ad file.
-    location
-        ``"X"`` or ``"raw.X"``.
-    keep
-        Boolean mask of the cells to read.
-    genes
-        Boolean mask of the genes to read (None: every gene).
+    path, location, keep, genes
+        As :func:`kept_blocks`.
     drop_empty_genes
         Of those, drop the genes without any count in the kept cells (else keep
         every one).
@@ -400,7 +250,7 @@ def read_counts(
     """
     path = Path(path)
     with h5py.File(path, "r") as fh:
-        node = fh[_node_key(location)]
+        node = fh[node_key(location)]
         n_cols = matrix_shape(node)[1]
         bound = _entries_bound(node, keep) if len(keep) == matrix_shape(node)[0] else None
     wide = max(bound or 0, n_cols) >= np.iinfo(np.int32).max
@@ -450,39 +300,6 @@ def read_counts(
     return counts, read
 
 
-def gene_table(adata: Any, location: str, path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Return the gene annotations matching the columns of the raw counts.
-
-    Parameters
-    ----------
-    adata
-        The dataset (backed is fine).
-    location
-        ``"X"`` or ``"raw.X"``.
-    path
-        The file, for messages.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``var`` (or ``raw.var``, with ``feature_name`` taken from ``var`` when it
-        has none and the genes are the same).
-
-    Raises
-    ------
-    InputError
-        If ``raw.var`` has no symbols and its genes differ from ``var``.
-    """
-    if location == "X":
-        return adata.var
-    raw_var = adata.raw.var
-    if "feature_name" in raw_var.columns:
-        return raw_var
-    if raw_var.index.equals(adata.var.index):
-        return raw_var.assign(feature_name=adata.var["feature_name"].to_numpy())
-    raise InputError(f"{path}: raw.var has no 'feature_name' column and its genes differ from var")
-
-
 def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarray) -> np.ndarray:
     """Return which genes have any count in the kept cells, streaming the counts.
 
@@ -490,12 +307,8 @@ def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarra
 
     Parameters
     ----------
-    path
-        The h5ad file.
-    location
-        ``"X"`` or ``"raw.X"``.
-    keep
-        Boolean mask of the cells.
+    path, location, keep
+        As :func:`kept_blocks`.
 
     Returns
     -------
@@ -508,7 +321,7 @@ def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarra
         If a value is negative, fractional or not finite.
     """
     with h5py.File(path, "r") as fh:
-        n_cols = matrix_shape(fh[_node_key(location)])[1]
+        n_cols = matrix_shape(fh[node_key(location)])[1]
     seen = np.zeros(n_cols, dtype=bool)
     n_cells = n_counts = 0
     for block in kept_blocks(path, location, keep):
@@ -523,510 +336,3 @@ def expressed_genes(path: str | os.PathLike[str], location: str, keep: np.ndarra
         n_cols,
     )
     return seen
-
-
-# --------------------------------------------------------------------------- batches
-
-#: Cells per batch at most when the ``qc`` and ``preprocess`` stages read whole
-#: groups (donors, pools) of cells at a time (:func:`batch_cells`).
-BATCH_CELLS = 200_000
-#: Environment variable overriding :data:`BATCH_CELLS` (outputs do not depend on it).
-BATCH_CELLS_ENV = "IMMUNE_AGING_BATCH_CELLS"
-
-
-def batch_cells() -> int:
-    """Return the cells per batch: ``$IMMUNE_AGING_BATCH_CELLS`` or :data:`BATCH_CELLS`.
-
-    Returns
-    -------
-    int
-        A positive number of cells.
-
-    Raises
-    ------
-    InputError
-        If the variable is set to anything but a positive integer.
-    """
-    value = os.environ.get(BATCH_CELLS_ENV, "").strip()
-    if not value:
-        return BATCH_CELLS
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise InputError(f"{BATCH_CELLS_ENV}={value!r}: expected a positive number of cells")
-    return n
-
-
-def group_batches(labels: np.ndarray, max_cells: int) -> list[np.ndarray]:
-    """Split cells into batches of whole groups, of at most ``max_cells`` cells.
-
-    Groups are taken in the order of their first cell; a batch holds consecutive
-    groups in that order while they fit (a group larger than ``max_cells`` is a
-    batch of its own). When groups are contiguous in the file, so is each batch.
-
-    Parameters
-    ----------
-    labels
-        Group of each cell (compared as strings).
-    max_cells
-        Cells per batch at most, unless one group has more.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        Positions of each batch's cells, ascending; every cell in exactly one.
-    """
-    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
-    if len(labels) == 0:
-        return []
-    codes, uniques = pd.factorize(labels)  # codes in order of first appearance
-    sizes = np.bincount(codes, minlength=len(uniques))
-    batch_of_group = np.zeros(len(uniques), dtype=np.int64)
-    batch, filled = 0, 0
-    for g, size in enumerate(sizes):
-        if filled and filled + size > max_cells:
-            batch, filled = batch + 1, 0
-        batch_of_group[g] = batch
-        filled += int(size)
-    of_cell = batch_of_group[codes]
-    return [np.flatnonzero(of_cell == b) for b in range(batch + 1)]
-
-
-# --------------------------------------------------------------------------- selection
-
-#: obs column of the selection: each kept cell's row in the input file.
-ROW = "row"
-#: var column of the selection: each kept gene's column in the input file's counts.
-COLUMN = "column"
-#: uns key of the selection: where the counts are and the input's shape.
-SELECTION_UNS = "selection"
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The cells and genes the ``filter`` stage kept, matched with the input file.
-
-    Made by :func:`read_selection`; the counts stay in the input file and are read
-    through :meth:`read` and :meth:`blocks`.
-
-    Attributes
-    ----------
-    path
-        The selection file (``selection.h5ad``).
-    source
-        The input h5ad holding the raw counts.
-    location
-        ``"X"`` or ``"raw.X"``: where in ``source`` the raw counts are.
-    obs
-        Annotations of the kept cells (index: cell IDs), in file order.
-    var
-        The kept genes (index: gene IDs; ``feature_name``), in file order.
-    rows
-        Row of each kept cell in ``source`` (ascending).
-    columns
-        Column of each kept gene in ``source``'s counts (ascending).
-    shape
-        ``(cells, genes)`` of ``source``'s counts.
-    """
-
-    path: Path
-    source: Path
-    location: str
-    obs: pd.DataFrame
-    var: pd.DataFrame
-    rows: np.ndarray
-    columns: np.ndarray
-    shape: tuple[int, int]
-
-    @property
-    def obs_names(self) -> pd.Index:
-        """The kept cells' IDs, in order."""
-        return self.obs.index
-
-    def row_mask(self, keep: np.ndarray | None = None) -> np.ndarray:
-        """Return the mask over ``source``'s rows of the kept cells (or of a subset).
-
-        Parameters
-        ----------
-        keep
-            Boolean mask over the selection's cells (None: all of them).
-
-        Returns
-        -------
-        numpy.ndarray
-            Boolean mask over the rows of ``source``.
-        """
-        mask = np.zeros(self.shape[0], dtype=bool)
-        mask[self.rows if keep is None else self.rows[np.asarray(keep, dtype=bool)]] = True
-        return mask
-
-    def gene_mask(self) -> np.ndarray:
-        """Return the mask over ``source``'s genes of the kept genes.
-
-        Returns
-        -------
-        numpy.ndarray
-            Boolean mask over the columns of ``source``'s counts.
-        """
-        mask = np.zeros(self.shape[1], dtype=bool)
-        mask[self.columns] = True
-        return mask
-
-    def read(
-        self, keep: np.ndarray | None = None, genes: np.ndarray | None = None
-    ) -> sparse.csr_matrix:
-        """Read the raw counts of the kept cells (or a subset) and genes (or a subset).
-
-        Only the file's blocks from the first to the last cell asked for are read:
-        a subset of cells contiguous in the file costs its own rows.
-
-        Parameters
-        ----------
-        keep
-            Boolean mask over the selection's cells (None: all of them).
-        genes
-            Boolean mask over the selection's genes (None: all of them).
-
-        Returns
-        -------
-        scipy.sparse.csr_matrix
-            float32 counts, cells x genes, in the selection's order.
-        """
-        columns = self.gene_mask()
-        if genes is not None:
-            genes = np.asarray(genes, dtype=bool)
-            if len(genes) != len(self.columns):
-                raise ValueError(
-                    f"genes has {len(genes)} entries, the selection {len(self.columns)}"
-                )
-            columns[self.columns[~genes]] = False
-        matrix, _ = read_counts(
-            self.source,
-            self.location,
-            self.row_mask(keep),
-            genes=columns,
-            drop_empty_genes=False,
-        )
-        return matrix
-
-    def read_batches(
-        self,
-        labels: np.ndarray,
-        *,
-        keep: np.ndarray | None = None,
-        max_cells: int | None = None,
-        label: str = "batch",
-    ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
-        """Read the counts of whole groups of cells, a batch of groups at a time.
-
-        The batches are those of :func:`group_batches`; each is read with
-        :meth:`read` (the blocks of the file spanning its cells), and a line is
-        logged after each: groups and cells done, elapsed seconds.
-
-        Parameters
-        ----------
-        labels
-            Group of each selected cell (all of them, or those of ``keep``).
-        keep
-            Boolean mask over the selection's cells (None: all of them).
-        max_cells
-            Cells per batch at most, unless one group has more (None:
-            :func:`batch_cells`).
-        label
-            Names the batches in the progress lines.
-
-        Yields
-        ------
-        tuple
-            ``(positions, counts)``: ascending positions of the batch's cells among
-            the cells read (those of ``keep``), and their float32 CSR counts over
-            the selection's genes.
-        """
-        chosen = np.arange(len(self.rows)) if keep is None else np.flatnonzero(keep)
-        labels = np.asarray(labels)
-        if len(labels) != len(chosen):
-            raise ValueError(f"labels has {len(labels)} entries for {len(chosen)} cells")
-        batches = group_batches(labels, batch_cells() if max_cells is None else max_cells)
-        n_groups = len(pd.unique(labels))
-        start = time.perf_counter()
-        groups_done = cells_done = 0
-        for i, positions in enumerate(batches, start=1):
-            mask = np.zeros(len(self.rows), dtype=bool)
-            mask[chosen[positions]] = True
-            counts = self.read(mask)
-            groups_done += len(pd.unique(labels[positions]))
-            cells_done += len(positions)
-            log.info(
-                "%s %d of %d: %d of %d groups, %d of %d cells read, %.0f s",
-                label,
-                i,
-                len(batches),
-                groups_done,
-                n_groups,
-                cells_done,
-                len(labels),
-                time.perf_counter() - start,
-            )
-            yield positions, counts
-
-    def blocks(
-        self, keep: np.ndarray | None = None
-    ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
-        """Stream the raw counts of the kept cells (or a subset), one block at a time.
-
-        Parameters
-        ----------
-        keep
-            Boolean mask over the selection's cells (None: all of them).
-
-        Yields
-        ------
-        tuple
-            ``(positions, counts)``: positions of the block's cells in ``obs`` and
-            their float32 CSR counts over the selection's genes.
-        """
-        for block in kept_blocks(
-            self.source, self.location, self.row_mask(keep), genes=self.gene_mask()
-        ):
-            counts = block.counts
-            if counts.dtype != np.float32:
-                counts = counts.astype(np.float32)
-            yield np.searchsorted(self.rows, block.rows), counts
-
-
-def _positions(values: Any, n: int, what: str, path: Path) -> np.ndarray:
-    """Check a column of positions (integers, ascending, below ``n``) and return it."""
-    values = np.asarray(values)
-    if values.dtype.kind not in "iu":
-        raise InputError(f"{path}: {what} must hold integer positions, got {values.dtype}")
-    values = values.astype(np.int64)
-    if values.size and (values.min() < 0 or values.max() >= n):
-        raise InputError(f"{path}: {what} holds positions outside 0..{n - 1}")
-    if values.size > 1 and (np.diff(values) <= 0).any():
-        raise InputError(f"{path}: {what} is not strictly ascending")
-    return values
-
-
-def _index(fh: Any, group: str, path: Path) -> pd.Index:
-    """Read the index (cell or gene IDs) of the ``obs`` or ``var`` group of an h5ad file."""
-    from anndata.io import read_elem
-
-    node = fh[group]
-    name = node.attrs.get("_index", "_index")
-    if name not in node:
-        raise InputError(f"{path}: {group} has no index")
-    return pd.Index(read_elem(node[name])).astype(str)
-
-
-def read_selection(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> Selection:
-    """Read the ``filter`` stage's selection and check it against the input it came from.
-
-    Parameters
-    ----------
-    path
-        ``selection.h5ad``: obs the kept cells with their row in ``source`` (column
-        ``row``), var the kept genes with their column (``column``) and
-        ``feature_name``, ``uns['selection']`` the location of the counts and the
-        input's shape.
-    source
-        The input h5ad (``data/raw/dataset.h5ad``).
-
-    Returns
-    -------
-    Selection
-        The selection, ``obs`` and ``var`` without the position columns.
-
-    Raises
-    ------
-    InputError
-        One line when either file is unreadable, the selection lacks a part, or it
-        does not match ``source``: another shape, or other cell or gene IDs at its
-        positions (it was made from another file: rerun the filter stage).
-    """
-    from immune_aging import guard, io
-
-    path, source = Path(path), Path(source)
-    adata = io.read_h5ad(path)
-    info = adata.uns.get(SELECTION_UNS)
-    if not isinstance(info, dict) or not {"location", "n_obs", "n_vars"} <= set(info):
-        raise InputError(
-            f"{path}: uns {SELECTION_UNS!r} (location, n_obs, n_vars) missing: not a selection "
-            "of the filter stage"
-        )
-    location = str(info["location"])
-    if location not in ("X", "raw.X"):
-        raise InputError(f"{path}: uns {SELECTION_UNS!r} location {location!r} is not X or raw.X")
-    shape = (int(info["n_obs"]), int(info["n_vars"]))
-    for kind, frame, column in (("obs", adata.obs, ROW), ("var", adata.var, COLUMN)):
-        if column not in frame.columns:
-            raise InputError(f"{path}: {kind} column {column!r} missing")
-    if "feature_name" not in adata.var.columns:
-        raise InputError(f"{path}: var column 'feature_name' missing")
-    rows = _positions(adata.obs[ROW], shape[0], f"obs column {ROW!r}", path)
-    columns = _positions(adata.var[COLUMN], shape[1], f"var column {COLUMN!r}", path)
-
-    guard.check_h5ad(source)
-    with h5py.File(source, "r") as fh, reading(source, "obs and var"):
-        if _node_key(location) not in fh:
-            raise InputError(
-                f"{path}: made from the counts in {location}, but {source} has no {location}: "
-                "rerun the filter stage"
-            )
-        found = matrix_shape(fh[_node_key(location)])
-        if found != shape:
-            raise InputError(
-                f"{path}: made from an input of {shape[0]} cells x {shape[1]} genes, but "
-                f"{source} has {found[0]} x {found[1]}: rerun the filter stage"
-            )
-        cells = _index(fh, "obs", source)
-        gene_ids = _index(fh, "var" if location == "X" else "raw/var", source)
-    for what, ids, names, positions in (
-        ("cell", cells, adata.obs_names, rows),
-        ("gene", gene_ids, adata.var_names, columns),
-    ):
-        there = ids[positions]
-        differ = np.flatnonzero(there != names.astype(str))
-        if differ.size:
-            i = int(differ[0])
-            raise InputError(
-                f"{path}: {what} {names[i]!r} is {there[i]!r} in {source} (position "
-                f"{int(positions[i])}): made from another input, rerun the filter stage"
-            )
-    return Selection(
-        path=path,
-        source=source,
-        location=location,
-        obs=adata.obs.drop(columns=ROW),
-        var=adata.var.drop(columns=COLUMN),
-        rows=rows,
-        columns=columns,
-        shape=shape,
-    )
-
-
-# --------------------------------------------------------------------------- cell tables
-
-
-def read_cells(path: str | os.PathLike[str], columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a per-cell table (``cells.parquet``) indexed by ``cell_id``.
-
-    Parameters
-    ----------
-    path
-        The parquet file; ``cell_id`` is its index or a column.
-    columns
-        Columns that must be present.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table, index ``cell_id`` (strings, unique).
-
-    Raises
-    ------
-    InputError
-        If the file is missing or unreadable, has no ``cell_id``, repeats one, or
-        lacks a required column.
-    """
-    from immune_aging import io
-
-    path = Path(path)
-    table = io.read_parquet(path, columns=[c for c in columns if c != CELL_ID])
-    if CELL_ID in table.columns:
-        table = table.set_index(CELL_ID)
-    elif table.index.name != CELL_ID:
-        raise InputError(f"{path}: no {CELL_ID!r} index or column")
-    table.index = table.index.astype(str)
-    if not table.index.is_unique:
-        raise InputError(
-            f"{path}: {CELL_ID} {table.index[table.index.duplicated()][0]!r} repeated"
-        )
-    return table
-
-
-def read_keep(
-    path: str | os.PathLike[str], cell_ids: pd.Index, counts_path: str | os.PathLike[str]
-) -> np.ndarray:
-    """Return the QC ``keep`` flag of every cell of a count matrix, in its order.
-
-    Parameters
-    ----------
-    path
-        The QC cell table (``cell_id`` index or column, boolean ``keep``).
-    cell_ids
-        The cells of the count matrix, in order.
-    counts_path
-        The count matrix file, named in messages.
-
-    Returns
-    -------
-    numpy.ndarray
-        Boolean mask aligned with ``cell_ids``.
-
-    Raises
-    ------
-    InputError
-        If the table is unreadable, lacks ``keep``, has a non-boolean or missing
-        ``keep``, or does not list exactly the cells of ``counts_path``.
-    """
-    path = Path(path)
-    table = read_cells(path, ["keep"])
-    keep = table["keep"]
-    if isinstance(keep.dtype, pd.BooleanDtype):
-        if keep.isna().any():
-            raise InputError(f"{path}: column 'keep' has missing values")
-        keep = keep.astype(bool)
-    if keep.dtype != bool:
-        raise InputError(f"{path}: column 'keep' must be boolean, got {keep.dtype}")
-    cell_ids = pd.Index(cell_ids).astype(str)
-    name = counts_path
-    missing = cell_ids.difference(table.index)
-    if len(missing):
-        raise InputError(
-            f"{path}: {len(missing)} cells of {name} are not listed (e.g. {missing[0]!r}); "
-            "expected one row per cell"
-        )
-    extra = table.index.difference(cell_ids)
-    if len(extra):
-        raise InputError(f"{path}: {len(extra)} cells are not in {name} (e.g. {extra[0]!r})")
-    return keep.reindex(cell_ids).to_numpy(dtype=bool)
-
-
-# --------------------------------------------------------------------------- pseudobulk
-
-#: obs columns of ``pseudobulk.h5ad`` that the de and predict stages read.
-SAMPLE_OBS = ("cell_type", "donor_id", "sex", "age")
-
-
-def validate_pseudobulk(adata: Any, path: str | os.PathLike[str]) -> None:
-    """Check that a pseudobulk AnnData holds what the de and predict stages read.
-
-    Parameters
-    ----------
-    adata
-        Pseudobulk samples: obs ``cell_type, donor_id, sex, age``, var
-        ``feature_name``, ``X`` summed raw counts.
-    path
-        The file, named in messages.
-
-    Raises
-    ------
-    InputError
-        Naming the missing column, the non-numeric age, duplicated samples or
-        values of ``X`` that are not counts.
-    """
-    for col in SAMPLE_OBS:
-        if col not in adata.obs.columns:
-            raise InputError(f"{path}: obs column {col!r} missing")
-    if "feature_name" not in adata.var.columns:
-        raise InputError(f"{path}: var column 'feature_name' missing")
-    if not pd.api.types.is_numeric_dtype(adata.obs["age"]):
-        raise InputError(f"{path}: obs column 'age' must be numeric years (NaN when unknown)")
-    pairs = adata.obs[["cell_type", "donor_id"]].astype(str)
-    if pairs.duplicated().any():
-        ct, donor = pairs[pairs.duplicated()].iloc[0]
-        raise InputError(f"{path}: more than one sample for cell type {ct!r} and donor {donor!r}")
-    values = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
-    check_counts(values, path, "X")

@@ -18,11 +18,11 @@ using CPU. The walk reads
   index, checking that every chunk lies inside the file: their values are read by
   the stages, which turn a read failure into one line (:func:`reading`) and check
   the sparse structure block by block
-  (:func:`immune_aging.counts.check_csr_block`);
+  (:func:`immune_aging.count_checks.check_csr_block`);
 
 then the AnnData layout: ``obs`` and ``var`` at the top level, and for ``X`` and
 ``raw/X`` a shape matching ``obs``/``var`` (``raw/var``) and, for a sparse matrix,
-a consistent ``indptr`` (:func:`immune_aging.counts.check_csr_indptr`).
+a consistent ``indptr`` (:func:`immune_aging.count_checks.check_csr_indptr`).
 
 A file that fails raises :class:`~immune_aging.errors.InputError` with one line:
 ``<file>: corrupt HDF5 file (<what could not be read>)``, or ``<file>: not a

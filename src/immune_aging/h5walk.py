@@ -276,7 +276,7 @@ def _check_layout(fh: Any) -> None:
 def _check_matrix(node: Any, name: str, n_obs: int | None, n_vars: int | None) -> None:
     import h5py
 
-    from immune_aging.counts import check_csr_indptr
+    from immune_aging.count_checks import check_csr_indptr
 
     if isinstance(node, h5py.Dataset):
         if node.ndim != 2:

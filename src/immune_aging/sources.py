@@ -1,10 +1,11 @@
 """Where the input comes from: ``synthetic``, an https URL, or a file under ``data/external``.
 
 The ``data`` stage classifies ``data.source`` (:func:`classify_source`), then
-downloads (:func:`download_into`, resumable, into a cache kept across runs) or
-adopts a local file, validates it (:func:`inspect`), checks its SHA-256 when one
-is given (:func:`check_sha256`) and links it into the stage's output
-(:func:`link`: a hard link, or a copy where the filesystem refuses).
+(:func:`adopt`) downloads (:func:`download_into`, resumable, into a cache kept
+across runs) or adopts a local file, validates it (:func:`inspect`), checks its
+SHA-256 when one is given (:func:`expected_sha256`, :func:`check_sha256`) and
+links it into the stage's output (:func:`link`: a hard link, or a copy where the
+filesystem refuses).
 """
 
 from __future__ import annotations
@@ -83,6 +84,68 @@ def classify_source(source: str, external: Path, *, where: str) -> tuple[str, st
     return "external", value
 
 
+def expected_sha256(value: str | None, *, where: str) -> str | None:
+    """Check the SHA-256 a user expects (``data.sha256``) and return it in lower case.
+
+    Parameters
+    ----------
+    value
+        The digest as given, or None.
+    where
+        The setting, for the message (``params.yaml: data.sha256``).
+
+    Returns
+    -------
+    str or None
+        The lower-case hex digest; None when none is given.
+
+    Raises
+    ------
+    InputError
+        ``<where>: expected 64 hexadecimal digits, got '...'``.
+    """
+    if value is not None and not SHA256.match(value.strip()):
+        raise InputError(f"{where}: expected 64 hexadecimal digits, got {value!r}")
+    return value.strip().lower() if value else None
+
+
+def adopt(
+    kind: str, value: str, dest: Path, *, cache: Path, expected: str | None
+) -> dict[str, Any]:
+    """Download or take the input, validate it, check its SHA-256 and link it to ``dest``.
+
+    Parameters
+    ----------
+    kind, value
+        From :func:`classify_source`: ``"url"`` and the URL, or ``"external"`` and
+        the path.
+    dest
+        The stage's ``dataset.h5ad``.
+    cache
+        The download cache (:func:`download_into`).
+    expected
+        The SHA-256 to check (:func:`expected_sha256`), or None.
+
+    Returns
+    -------
+    dict
+        The metrics of :func:`inspect`, with ``adopted`` (:func:`link`),
+        ``source`` (``kind``) and ``sha256_checked``.
+    """
+    if kind == "url":  # the checksum is verified before the file is renamed
+        source = download_into(value, cache, expected)
+        metrics = inspect(source)
+    else:  # validate first: it reads little, the checksum reads everything
+        source = Path(value)
+        metrics = inspect(source)
+        if expected:
+            check_sha256(source, expected)
+    metrics["adopted"] = link(source, dest)
+    metrics["source"] = kind
+    metrics["sha256_checked"] = expected is not None
+    return metrics
+
+
 def download_into(url: str, cache: Path, expected: str | None) -> Path:
     """Download ``url`` into the download cache (resuming a partial file there).
 
@@ -140,11 +203,9 @@ def inspect(source: Path) -> dict[str, Any]:
         ``n_cells``, ``n_genes``, ``n_donors``, ``n_cell_types`` and ``counts``
         (where the raw counts are, see :func:`immune_aging.validate.counts_location`).
     """
-    from immune_aging.validate import validate_dataset
+    from immune_aging.validate import validated
 
-    adata = io.read_h5ad(source, backed=True)
-    try:
-        location = validate_dataset(adata, source)
+    with validated(source) as (adata, location):
         metrics = {
             "n_cells": int(adata.n_obs),
             "n_genes": int(adata.n_vars),
@@ -152,8 +213,6 @@ def inspect(source: Path) -> dict[str, Any]:
             "n_cell_types": int(adata.obs["cell_type"].nunique()),
             "counts": location,
         }
-    finally:
-        adata.file.close()
     log.info(
         "%s: %d cells, %d genes, %d donors, counts in %s",
         source,

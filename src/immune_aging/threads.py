@@ -54,15 +54,40 @@ def n_threads() -> int:
     ValueError
         If ``IMMUNE_AGING_THREADS`` is set but is not a positive integer.
     """
-    raw = os.environ.get(ENV_VAR, "").strip()
+    value = positive_from_env(ENV_VAR, "integer number of threads")
+    return available_cores() if value is None else value
+
+
+def positive_from_env(name: str, what: str) -> int | None:
+    """Return the positive integer an environment variable is set to (None when unset).
+
+    Parameters
+    ----------
+    name
+        The variable.
+    what
+        What it counts, for the message (``"number of cells"``).
+
+    Returns
+    -------
+    int or None
+        The value; None when the variable is unset or blank.
+
+    Raises
+    ------
+    ValueError
+        ``<name>='<value>': expected a positive <what>`` when it is set to anything
+        but a positive integer.
+    """
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return available_cores()
+        return None
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{ENV_VAR}={raw!r}: expected a positive integer number of threads")
+        raise ValueError(f"{name}={raw!r}: expected a positive {what}")
     return value
 
 

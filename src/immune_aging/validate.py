@@ -4,9 +4,9 @@ The public API is small:
 
 - :func:`validate_dataset` checks annotations and finds the raw counts;
 - :func:`counts_location` only finds the raw counts;
-- :func:`validate_file` opens an h5ad file backed and runs :func:`validate_dataset`;
-- :func:`check_csr_indptr` and :func:`check_csr_block` check the structure of a
-  sparse matrix (whole ``indptr``; a block of rows with its column indices).
+- :func:`validated` opens an h5ad file backed and runs :func:`validate_dataset`.
+
+The structure of a sparse matrix is checked by :mod:`immune_aging.count_checks`.
 
 All of them work on a backed AnnData and read only ``obs``, ``var`` and a
 deterministic sample of rows of ``X`` / ``raw.X``. Raw counts are recognised
@@ -23,9 +23,11 @@ field.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from immune_aging.counts import check_csr_block, count_problem
+from immune_aging.count_checks import check_csr_block, count_problem
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -171,18 +173,19 @@ def counts_location(adata: Any, path: str | os.PathLike[str]) -> CountsLocation:
     return "raw.X"
 
 
-def validate_file(path: str | os.PathLike[str]) -> CountsLocation:
-    """Open an h5ad file read-only backed, validate it and close it.
+@contextlib.contextmanager
+def validated(path: str | os.PathLike[str]) -> Iterator[tuple[Any, CountsLocation]]:
+    """Open an h5ad file read-only backed and validate it; close it after the block.
 
     Parameters
     ----------
     path
         The h5ad file.
 
-    Returns
-    -------
-    {"X", "raw.X"}
-        Where the raw counts are.
+    Yields
+    ------
+    tuple
+        ``(adata, location)``: the backed AnnData and where its raw counts are.
 
     Raises
     ------
@@ -194,7 +197,7 @@ def validate_file(path: str | os.PathLike[str]) -> CountsLocation:
 
     adata = io.read_h5ad(Path(path), backed=True)
     try:
-        return validate_dataset(adata, path)
+        yield adata, validate_dataset(adata, path)
     finally:
         adata.file.close()
 

@@ -100,7 +100,7 @@ def differential_expression(
     Parameters
     ----------
     adata
-        Pseudobulk samples (see :func:`immune_aging.counts.validate_pseudobulk`); not
+        Pseudobulk samples (see :func:`immune_aging.count_checks.validate_pseudobulk`); not
         modified.
     alpha
         BH-adjusted p-value below which a gene counts as up or down.

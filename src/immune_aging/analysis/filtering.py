@@ -48,8 +48,8 @@ from immune_aging.analysis.filter_rules import (
     CellSelection,
     select_cells,
 )
-from immune_aging.counts import COLUMN, ROW, SELECTION_UNS
 from immune_aging.errors import InputError
+from immune_aging.selection import COLUMN, ROW, SELECTION_UNS
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def assemble_selection(
     """Build the selection: the kept cells and genes with their positions in the input.
 
     The counts stay in the input file; later stages read them through the
-    selection (:func:`immune_aging.counts.read_selection`).
+    selection (:func:`immune_aging.selection.read_selection`).
 
     Parameters
     ----------

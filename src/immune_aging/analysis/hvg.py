@@ -99,13 +99,6 @@ class ColumnMoments:
         return means, variances
 
 
-def _column_mean_var(X: sparse.csr_matrix, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased variance of each column, summed block by block (no copy of X)."""
-    moments = ColumnMoments(X.shape[1])
-    moments.add(X, block)
-    return moments.mean_var()
-
-
 def _fit_batch(
     sub: sparse.csr_matrix, var_names: pd.Index, *, n_top_genes: int, span: float
 ) -> np.ndarray | str:
@@ -137,6 +130,8 @@ def highly_variable_genes(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Select highly variable genes with Seurat v3's method, batch by batch.
 
+    The counts are all in memory: one batch of :func:`highly_variable_genes_streamed`.
+
     Parameters
     ----------
     adata
@@ -166,12 +161,14 @@ def highly_variable_genes(
     if batch_key not in adata.obs.columns:
         raise InputError(f"obs column {batch_key!r} missing")
     X = sparse.csr_matrix(adata.X)
-    labels = adata.obs[batch_key].astype(str).to_numpy()
-    fits = {
-        batch: _fit_batch(X[rows], adata.var_names, n_top_genes=n_top_genes, span=span)
-        for batch, rows in _batch_rows(labels).items()
-    }
-    return _combine(fits, *_column_mean_var(X), adata.var_names, n_top_genes, batch_key)
+    return highly_variable_genes_streamed(
+        [(np.arange(X.shape[0]), X)],
+        labels=adata.obs[batch_key].to_numpy(),
+        var_names=adata.var_names,
+        n_top_genes=n_top_genes,
+        span=span,
+        batch_key=batch_key,
+    )
 
 
 def highly_variable_genes_streamed(
@@ -186,8 +183,8 @@ def highly_variable_genes_streamed(
     """:func:`highly_variable_genes` from counts streamed a few whole donors at a time.
 
     Each donor is fitted on its own and the column moments add up exactly
-    (:class:`ColumnMoments`), so the result is the bits of
-    :func:`highly_variable_genes` on all cells at once.
+    (:class:`ColumnMoments`), so the result is the same bits for any split into
+    batches, one batch of all cells included.
 
     Parameters
     ----------

@@ -15,6 +15,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+#: Cells drawn at most in a per-cell figure (a seeded sample, :func:`sample_rows`).
+MAX_CELLS = 50_000
+#: A stage's figures and the tables behind them: PNG file name to figure, CSV file
+#: name to table.
+FiguresAndTables = tuple[dict[str, Any], dict[str, pd.DataFrame]]
+
+
+def figure_axes(figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
+    """Return a new figure with one set of axes.
+
+    Parameters
+    ----------
+    figsize
+        Width and height in inches.
+
+    Returns
+    -------
+    tuple
+        ``(figure, axes)``: a :class:`matplotlib.figure.Figure` and its axes.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
 
 def sample_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
     """Return the rows to draw: all of them, or a seeded random sample, in order.
@@ -273,10 +298,7 @@ def plot_histogram(
     matplotlib.figure.Figure
         The figure.
     """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
+    fig, ax = figure_axes()
     if len(hist):
         widths = hist["bin_right"] - hist["bin_left"]
         ax.bar(hist["bin_left"], hist["n_cells"], width=widths, align="edge", linewidth=0)

@@ -47,7 +47,6 @@ from scipy import sparse
 
 from immune_aging.analysis import genes
 from immune_aging.analysis import hvg as hvg_select
-from immune_aging.analysis.plots import sample_rows
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,8 @@ log = logging.getLogger(__name__)
 OBS_COLUMNS = ("donor_id", "cell_type", "sex")
 #: ``preprocess.pca_solver`` values: the gene covariance matrix (all threads) or ARPACK.
 PCA_SOLVERS = ("covariance", "arpack")
-#: rows normalised at a time by :func:`preprocess_streamed` (no per-entry copy of
-#: the whole matrix)
+#: rows normalised at a time by :func:`scale_log1p` (no per-entry copy of the whole
+#: matrix)
 SCALE_ROWS = 1 << 16
 
 
@@ -93,7 +92,7 @@ def log_normalise(counts: Any, *, columns: np.ndarray, target_sum: float) -> spa
 
     Equal to :func:`scanpy.pp.normalize_total` (no highly-expressed exclusion) then
     :func:`scanpy.pp.log1p`, restricted afterwards to ``columns``; the size
-    factor uses the cell's total over all genes.
+    factor uses the cell's total over all genes (:func:`scale_log1p`).
 
     Parameters
     ----------
@@ -111,14 +110,46 @@ def log_normalise(counts: Any, *, columns: np.ndarray, target_sum: float) -> spa
     """
     X = sparse.csr_matrix(counts)
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
     sub = X[:, np.asarray(columns, dtype=bool)]  # a new matrix: scaled in place below
     sub = sub.astype(np.float32) if sub.dtype != np.float32 else sub
     if np.shares_memory(sub.data, X.data):  # never write into the input
         sub = sub.copy()
-    sub.data *= np.repeat(scale.astype(np.float32), np.diff(sub.indptr))
-    np.log1p(sub.data, out=sub.data)
-    return sparse.csr_matrix(sub)
+    return scale_log1p(sub, totals, target_sum=target_sum)
+
+
+def scale_log1p(
+    data: sparse.csr_matrix, totals: np.ndarray, *, target_sum: float
+) -> sparse.csr_matrix:
+    """Scale each row to ``target_sum`` by its cell's total, then log1p, in place.
+
+    Rows are scaled :data:`SCALE_ROWS` at a time (no per-entry copy of the whole
+    matrix); each value is multiplied by the float32 factor of its row, so the
+    result does not depend on how the rows are chunked.
+
+    Parameters
+    ----------
+    data
+        Counts of some genes, cells x genes (CSR; modified in place when float32).
+    totals
+        Each cell's total count over all genes (a cell with 0 gets 0s).
+    target_sum
+        Counts per cell after normalisation.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``data`` itself when it was float32 (else a float32 copy), normalised and
+        log1p-transformed.
+    """
+    data = data.astype(np.float32) if data.dtype != np.float32 else data
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    scale = scale.astype(np.float32)
+    for lo in range(0, data.shape[0], SCALE_ROWS):
+        hi = min(lo + SCALE_ROWS, data.shape[0])
+        a, b = int(data.indptr[lo]), int(data.indptr[hi])
+        data.data[a:b] *= np.repeat(scale[lo:hi], np.diff(data.indptr[lo : hi + 1]))
+    np.log1p(data.data, out=data.data)
+    return data
 
 
 def run_pca(
@@ -173,79 +204,6 @@ def run_pca(
 
 
 def preprocess(
-    adata: ad.AnnData,
-    *,
-    keep: np.ndarray,
-    target_sum: float,
-    n_top_genes: int,
-    hvg_span: float,
-    blocklist_regex: str,
-    n_comps: int,
-    seed: int,
-    pca_solver: str = "covariance",
-) -> tuple[ad.AnnData, dict[str, Any]]:
-    """Run HVG selection, blocklisting, normalisation and PCA on the kept cells.
-
-    Parameters
-    ----------
-    adata
-        Filtered raw counts in ``X`` with obs ``donor_id``, ``cell_type``, ``sex`` and
-        var ``feature_name`` (not modified).
-    keep
-        Boolean mask of the cells to use (QC ``keep``).
-    target_sum, n_top_genes, hvg_span, blocklist_regex, n_comps, seed, pca_solver
-        See ``params.yaml: preprocess``.
-
-    Returns
-    -------
-    tuple
-        ``(result, info)``: an AnnData of the kept cells without ``X``, obs
-        ``donor_id, cell_type, sex, total_counts``, var (all genes) ``feature_name``
-        and the HVG columns plus ``blocked`` and ``used_for_pca``, ``obsm['X_pca']``,
-        ``varm['PCs']`` (zero rows for genes not used), ``uns['pca']`` and
-        ``uns['hvg']``; and a summary dict.
-    """
-    missing = [c for c in OBS_COLUMNS if c not in adata.obs.columns]
-    if missing:
-        raise InputError(f"obs column {missing[0]!r} missing")
-    if "feature_name" not in adata.var.columns:
-        raise InputError("var column 'feature_name' missing")
-    keep = np.asarray(keep, dtype=bool)
-    if not keep.any():
-        raise InputError("no cell is kept by QC")
-    # one copy of the kept cells' counts at most (none when every cell is kept)
-    counts = sparse.csr_matrix(adata.X if keep.all() else adata.X[keep])
-    cells = ad.AnnData(X=counts, obs=adata.obs.loc[keep], var=adata.var)
-    blocked = block_genes(adata.var["feature_name"], regex=blocklist_regex)
-    hvg, hvg_info = hvg_select.highly_variable_genes(
-        cells, n_top_genes=n_top_genes, span=hvg_span, batch_key="donor_id"
-    )
-    used = hvg["highly_variable"].to_numpy() & ~blocked
-    if not used.any():
-        raise InputError(
-            "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
-        )
-    data = log_normalise(counts, columns=used, target_sum=target_sum)
-    pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    return _result(
-        cells.obs,
-        adata.var,
-        hvg,
-        hvg_info,
-        blocked=blocked,
-        used=used,
-        pca=pca,
-        totals=totals,
-        target_sum=target_sum,
-        n_top_genes=n_top_genes,
-        hvg_span=hvg_span,
-        n_comps=n_comps,
-        pca_solver=pca_solver,
-    )
-
-
-def preprocess_streamed(
     batches: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
     read_columns: Callable[[np.ndarray], sparse.csr_matrix],
     *,
@@ -259,13 +217,16 @@ def preprocess_streamed(
     seed: int,
     pca_solver: str = "covariance",
 ) -> tuple[ad.AnnData, dict[str, Any]]:
-    """:func:`preprocess` on counts read in two passes, never all genes at once.
+    """Run HVG selection, blocklisting, normalisation and PCA, reading counts in two passes.
 
-    The first pass streams the counts a few whole donors at a time: the HVG fits
+    The counts are never held for all genes at once. The first pass streams them a
+    few whole donors at a time: the HVG fits
     (:func:`immune_aging.analysis.hvg.highly_variable_genes_streamed`) and each
     cell's total. The second reads only the columns of the PCA genes of every
-    cell, normalises them with those totals and log1p-transforms them in place.
-    The result is the bits of :func:`preprocess` on the same cells.
+    cell, normalises them with those totals and log1p-transforms them in place
+    (:func:`scale_log1p`). Counts in memory are one batch of every cell
+    (``[(numpy.arange(n_cells), counts)]``) with ``read_columns`` slicing the same
+    matrix; the result is the same bits for any split into batches.
 
     Parameters
     ----------
@@ -286,7 +247,17 @@ def preprocess_streamed(
     Returns
     -------
     tuple
-        ``(result, info)`` as :func:`preprocess`.
+        ``(result, info)``: an AnnData of the cells without ``X``, obs
+        ``donor_id, cell_type, sex, total_counts``, var (all genes) ``feature_name``
+        and the HVG columns plus ``blocked`` and ``used_for_pca``, ``obsm['X_pca']``,
+        ``varm['PCs']`` (zero rows for genes not used), ``uns['pca']`` and
+        ``uns['hvg']``; and a summary dict.
+
+    Raises
+    ------
+    InputError
+        If a column is missing, there is no cell, the blocklist removes every
+        HVG or there are too few cells or genes for ``n_comps``.
     """
     missing = [c for c in OBS_COLUMNS if c not in obs.columns]
     if missing:
@@ -317,17 +288,11 @@ def preprocess_streamed(
         raise InputError(
             "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
         )
+    log.info("reading the counts of %d PCA genes of %d cells", int(used.sum()), len(obs))
     data = sparse.csr_matrix(read_columns(used))
     if data.shape != (len(obs), int(used.sum())):
         raise ValueError(f"read_columns returned {data.shape}, not {(len(obs), int(used.sum()))}")
-    data = data.astype(np.float32) if data.dtype != np.float32 else data
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    scale = scale.astype(np.float32)
-    for lo in range(0, data.shape[0], SCALE_ROWS):
-        hi = min(lo + SCALE_ROWS, data.shape[0])
-        a, b = int(data.indptr[lo]), int(data.indptr[hi])
-        data.data[a:b] *= np.repeat(scale[lo:hi], np.diff(data.indptr[lo : hi + 1]))
-    np.log1p(data.data, out=data.data)
+    data = scale_log1p(data, totals, target_sum=target_sum)
     pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
     return _result(
         obs,
@@ -415,108 +380,11 @@ def _result(
         "variance_explained_first_10": float(ratio[:10].sum()),
         "variance_explained_all": float(ratio.sum()),
     }
+    log.info(
+        "%d HVGs, %d blocked, %d used; PC1 explains %.1f %%",
+        info["hvg_found"],
+        info["hvg_blocked"],
+        info["hvg_used"],
+        100 * info["variance_ratio_pc1"],
+    )
     return result, info
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def plot_pca(result: ad.AnnData, *, max_cells: int = 50_000, seed: int = 0) -> Any:
-    """PC1 vs PC2 coloured by cell type, and by total counts.
-
-    Parameters
-    ----------
-    result
-        Output of :func:`preprocess`.
-    max_cells
-        Cells drawn at most (a seeded random sample).
-    seed
-        Sampling seed.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The figure.
-    """
-    import matplotlib
-    from matplotlib import colors
-    from matplotlib.figure import Figure
-
-    rows = sample_rows(result.n_obs, max_cells, seed)
-    xy = result.obsm["X_pca"][rows, :2]
-    fig = Figure(figsize=(13, 5))
-    ax1, ax2 = fig.subplots(1, 2)
-    types = result.obs["cell_type"].astype(str).to_numpy()[rows]
-    palette = matplotlib.colormaps["tab20"]
-    for i, label in enumerate(sorted(set(types))):
-        sel = types == label
-        ax1.scatter(
-            xy[sel, 0], xy[sel, 1], s=2, color=palette(i % 20), label=label, rasterized=True
-        )
-    ax1.legend(markerscale=4, fontsize=7, loc="best", frameon=False)
-    ax1.set_title("cell type")
-    total = result.obs["total_counts"].to_numpy()[rows]
-    points = ax2.scatter(
-        xy[:, 0],
-        xy[:, 1],
-        s=2,
-        c=total,
-        cmap="viridis",
-        norm=colors.LogNorm(vmin=max(total.min(), 1), vmax=max(total.max(), 2)),
-        rasterized=True,
-    )
-    fig.colorbar(points, ax=ax2, label="total counts")
-    ax2.set_title("total counts")
-    ratio = result.uns["pca"]["variance_ratio"]
-    for ax in (ax1, ax2):
-        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f} %)")
-        ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f} %)")
-    return fig
-
-
-def variance_table(result: ad.AnnData) -> pd.DataFrame:
-    """Variance explained per principal component.
-
-    Parameters
-    ----------
-    result
-        Output of :func:`preprocess`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``pc`` (1-based), ``variance``, ``variance_ratio``, ``cumulative``.
-    """
-    ratio = np.asarray(result.uns["pca"]["variance_ratio"], dtype=np.float64)
-    return pd.DataFrame(
-        {
-            "pc": np.arange(1, len(ratio) + 1),
-            "variance": np.asarray(result.uns["pca"]["variance"], dtype=np.float64),
-            "variance_ratio": ratio,
-            "cumulative": np.cumsum(ratio),
-        }
-    )
-
-
-def plot_elbow(table: pd.DataFrame) -> Any:
-    """Elbow plot of the variance ratio per component.
-
-    Parameters
-    ----------
-    table
-        Output of :func:`variance_table`.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The figure.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.plot(table["pc"], table["variance_ratio"], marker="o", ms=3)
-    ax.set_yscale("log")
-    ax.set_xlabel("principal component")
-    ax.set_ylabel("variance ratio")
-    return fig

@@ -5,18 +5,8 @@ Order of operations, per cell:
 1. The per-cell QC metrics of :func:`scanpy.pp.calculate_qc_metrics`; mitochondrial,
    ribosomal and hemoglobin genes are recognised by symbol
    (:mod:`immune_aging.analysis.genes`).
-2. Threshold rules, each a boolean ``fail_<rule>`` column:
-
-   ``fixed``
-       keep ``min_genes < n_genes < max_genes``, ``min_counts < total < max_counts``,
-       ``pct_mt < max_pct_mt``, ``pct_hb < max_pct_hb`` (the seed's limits).
-   ``mad``
-       within each Scrublet group (donor, or pool), keep cells within ``n_mads``
-       median absolute deviations (unscaled MAD, as in sc-best-practices) of the
-       median of ``log1p(total_counts)`` and of ``log1p(n_genes)`` (both sides),
-       and with ``pct_mt`` at most ``n_mads`` MADs above its median. Hemoglobin
-       keeps the fixed ``max_pct_hb`` limit: in clean blood its MAD is zero.
-       The ``min_*``/``max_*`` rule columns then mean "below/above the window".
+2. Threshold rules, each a boolean ``fail_<rule>`` column: ``fixed`` limits or
+   ``mad`` windows per group (:mod:`immune_aging.analysis.qc_rules`).
 
 3. Doublets with Scrublet per group, on the cells that passed every threshold
    rule (:mod:`immune_aging.analysis.doublets`).
@@ -28,18 +18,16 @@ result as :func:`qc_cells` on all cells at once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from immune_aging.analysis import genes
+from immune_aging.analysis import genes, qc_rules
 from immune_aging.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -131,130 +119,6 @@ def _has_explicit_zeros(X: Any, block: int = 1 << 24) -> bool:
     return any((data[lo : lo + block] == 0).any() for lo in range(0, len(data), block))
 
 
-def _mad_window(values: np.ndarray, n_mads: float) -> tuple[float, float]:
-    med = float(np.median(values))
-    mad = float(np.median(np.abs(values - med)))
-    return med - n_mads * mad, med + n_mads * mad
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Threshold limits of one group (one set for all cells with ``fixed``).
-
-    With ``fixed``, cells pass when ``min_genes < n_genes < max_genes``,
-    ``min_counts < total < max_counts``, ``pct_mt < max_pct_mt`` and
-    ``pct_hb < max_pct_hb``; with ``mad`` the gene, count and mitochondrial windows
-    are closed (a cell on a bound passes).
-    """
-
-    min_genes: float
-    max_genes: float
-    min_counts: float
-    max_counts: float
-    max_pct_mt: float
-    max_pct_hb: float
-
-
-def threshold_rules(
-    metrics: pd.DataFrame,
-    *,
-    groups: pd.Series,
-    thresholds: Literal["fixed", "mad"],
-    min_genes: int,
-    max_genes: int,
-    min_counts: int,
-    max_counts: int,
-    max_pct_mt: float,
-    max_pct_hb: float,
-    n_mads: float,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Flag cells failing each threshold rule.
-
-    Parameters
-    ----------
-    metrics
-        Output of :func:`qc_metrics`.
-    groups
-        Group label per cell (donor or pool), aligned with ``metrics``; used by
-        ``mad``.
-    thresholds
-        ``"fixed"`` limits or ``"mad"`` windows (see the module docstring).
-    min_genes, max_genes, min_counts, max_counts, max_pct_mt, max_pct_hb
-        Fixed limits (``max_pct_hb`` also applies with ``mad``).
-    n_mads
-        Width of the MAD windows.
-
-    Returns
-    -------
-    tuple of pandas.DataFrame
-        ``(fails, limits)``: one boolean ``fail_<rule>`` column per rule of
-        :data:`THRESHOLD_RULES`; and the limits used, one row per group (one row
-        ``"all"`` with ``fixed``), in cells, genes and percent.
-    """
-    if thresholds not in ("fixed", "mad"):
-        raise InputError(f"qc.thresholds: expected 'fixed' or 'mad', got {thresholds!r}")
-    for low, high, lo_name, hi_name in (
-        (min_genes, max_genes, "min_genes", "max_genes"),
-        (min_counts, max_counts, "min_counts", "max_counts"),
-    ):
-        if thresholds == "fixed" and low >= high:
-            raise InputError(f"qc.{lo_name} ({low}) must be below qc.{hi_name} ({high})")
-    n_genes = metrics["n_genes_by_counts"].to_numpy(dtype=np.float64)
-    total = metrics["total_counts"].to_numpy(dtype=np.float64)
-    pct_mt = metrics["pct_counts_mt"].to_numpy(dtype=np.float64)
-    pct_hb = metrics["pct_counts_hb"].to_numpy(dtype=np.float64)
-    labels = pd.Series(groups).astype(str).to_numpy()
-    if len(labels) != len(metrics):
-        raise InputError(f"groups has {len(labels)} entries, metrics {len(metrics)} cells")
-    rows: dict[str, Limits] = {}
-    if thresholds == "fixed":
-        rows["all"] = Limits(min_genes, max_genes, min_counts, max_counts, max_pct_mt, max_pct_hb)
-        fail = {
-            "fail_min_genes": ~(n_genes > min_genes),
-            "fail_max_genes": ~(n_genes < max_genes),
-            "fail_min_counts": ~(total > min_counts),
-            "fail_max_counts": ~(total < max_counts),
-            "fail_pct_mt": ~(pct_mt < max_pct_mt),
-        }
-    else:
-        fail = {
-            k: np.zeros(len(metrics), dtype=bool)
-            for k in (
-                "fail_min_genes",
-                "fail_max_genes",
-                "fail_min_counts",
-                "fail_max_counts",
-                "fail_pct_mt",
-            )
-        }
-        log_genes, log_total = np.log1p(n_genes), np.log1p(total)
-        for group in np.unique(labels):
-            sel = labels == group
-            lo_g, hi_g = _mad_window(log_genes[sel], n_mads)
-            lo_c, hi_c = _mad_window(log_total[sel], n_mads)
-            _, hi_mt = _mad_window(pct_mt[sel], n_mads)
-            # the windows are closed: a cell on a bound passes
-            fail["fail_min_genes"][sel] = log_genes[sel] < lo_g
-            fail["fail_max_genes"][sel] = log_genes[sel] > hi_g
-            fail["fail_min_counts"][sel] = log_total[sel] < lo_c
-            fail["fail_max_counts"][sel] = log_total[sel] > hi_c
-            fail["fail_pct_mt"][sel] = pct_mt[sel] > hi_mt
-            rows[str(group)] = Limits(
-                min_genes=float(np.expm1(lo_g)),
-                max_genes=float(np.expm1(hi_g)),
-                min_counts=float(np.expm1(lo_c)),
-                max_counts=float(np.expm1(hi_c)),
-                max_pct_mt=hi_mt,
-                max_pct_hb=max_pct_hb,
-            )
-    fail["fail_pct_hb"] = ~(pct_hb < max_pct_hb)
-    fails = pd.DataFrame(fail, index=metrics.index)
-    table = pd.DataFrame(
-        [dataclasses.asdict(v) for v in rows.values()], index=pd.Index(list(rows), name="group")
-    )
-    return fails, table
-
-
 def qc_table(metrics: pd.DataFrame, fails: pd.DataFrame, doublets: pd.DataFrame) -> pd.DataFrame:
     """Assemble the per-cell QC table written to ``cells.parquet``.
 
@@ -263,7 +127,7 @@ def qc_table(metrics: pd.DataFrame, fails: pd.DataFrame, doublets: pd.DataFrame)
     metrics
         Output of :func:`qc_metrics`.
     fails
-        ``fail_<rule>`` columns of :func:`threshold_rules`.
+        ``fail_<rule>`` columns of :func:`~immune_aging.analysis.qc_rules.threshold_rules`.
     doublets
         Per-cell output of :func:`detect_doublets`.
 
@@ -300,7 +164,7 @@ def summary(
     groups
         Per-group output of :func:`immune_aging.analysis.doublets.detect_doublets`.
     limits
-        Limits table of :func:`threshold_rules`.
+        Limits table of :func:`~immune_aging.analysis.qc_rules.threshold_rules`.
     thresholds
         ``"fixed"`` or ``"mad"`` (recorded).
     group_key
@@ -311,7 +175,18 @@ def summary(
     dict
         Cells in, cells failing each rule (a cell may fail several), cells removed
         only by thresholds, doublets, groups not scored, cells kept and medians.
+
+    Raises
+    ------
+    InputError
+        If no cell passes QC, naming the threshold rule that alone removes the most.
     """
+    if not table["keep"].any():
+        fails = table[[f"fail_{r}" for r in THRESHOLD_RULES]].sum()
+        raise InputError(
+            f"no cell passes QC (rule {fails.idxmax().removeprefix('fail_')!r} alone removes "
+            f"{int(fails.max())} of {len(table)}); check the qc.* limits"
+        )
     fail_cols = [f"fail_{r}" for r in RULES]
     threshold_fail = table[[f"fail_{r}" for r in THRESHOLD_RULES]].any(axis=1)
     not_scored = groups.loc[~groups["scored"]]
@@ -349,14 +224,7 @@ def qc_cells(
     adata: ad.AnnData,
     *,
     group_key: str,
-    thresholds: Literal["fixed", "mad"],
-    min_genes: int,
-    max_genes: int,
-    min_counts: int,
-    max_counts: int,
-    max_pct_mt: float,
-    max_pct_hb: float,
-    n_mads: float,
+    rules: qc_rules.Rules,
     expected_doublet_rate: float,
     min_cells_scrublet: int,
     seed: int,
@@ -370,8 +238,8 @@ def qc_cells(
         Raw counts in ``X``, obs ``group_key``, var ``feature_name`` (not modified).
     group_key
         obs column of the Scrublet and MAD groups (donor or pool).
-    thresholds, min_genes, max_genes, min_counts, max_counts, max_pct_mt, max_pct_hb, n_mads
-        See :func:`threshold_rules`.
+    rules
+        The threshold rules' settings (:func:`~immune_aging.analysis.qc_rules.threshold_rules`).
     expected_doublet_rate, min_cells_scrublet, seed, n_jobs
         See :func:`immune_aging.analysis.doublets.detect_doublets` (``min_cells``).
 
@@ -380,24 +248,14 @@ def qc_cells(
     tuple of pandas.DataFrame
         ``(table, fails, limits, groups)``: the :func:`qc_table` (one row per cell,
         in order), the threshold rule columns, the limits of
-        :func:`threshold_rules` and the per-group Scrublet summary (groups sorted).
+        :func:`~immune_aging.analysis.qc_rules.threshold_rules` and the per-group
+        Scrublet summary (groups sorted).
     """
     from immune_aging.analysis import doublets
 
     groups = adata.obs[group_key]
     metrics = qc_metrics(adata)
-    fails, limits = threshold_rules(
-        metrics,
-        groups=groups,
-        thresholds=thresholds,
-        min_genes=min_genes,
-        max_genes=max_genes,
-        min_counts=min_counts,
-        max_counts=max_counts,
-        max_pct_mt=max_pct_mt,
-        max_pct_hb=max_pct_hb,
-        n_mads=n_mads,
-    )
+    fails, limits = qc_rules.threshold_rules(metrics, groups=groups, rules=rules)
     cells, scrublet_groups = doublets.detect_doublets(
         adata,
         groups=groups,

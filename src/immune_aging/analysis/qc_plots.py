@@ -41,7 +41,7 @@ def figures_and_tables(
     *,
     max_pct_hb: float,
     seed: int,
-) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+) -> plots.FiguresAndTables:
     """Draw the QC figures and the tables behind them.
 
     Parameters
@@ -51,11 +51,11 @@ def figures_and_tables(
     groups
         Per-group output of :func:`immune_aging.analysis.doublets.detect_doublets`.
     limits
-        Limits table of :func:`immune_aging.analysis.qc.threshold_rules`.
+        Limits table of :func:`immune_aging.analysis.qc_rules.threshold_rules`.
     max_pct_hb
         The hemoglobin limit (drawn on its histogram).
     seed
-        Seed of the cell subsample drawn.
+        Seed of the cell subsample drawn (at most :data:`plots.MAX_CELLS` cells).
 
     Returns
     -------
@@ -65,9 +65,10 @@ def figures_and_tables(
     hb_hist = plots.histogram_table(table["pct_counts_hb"], bins=50)
     score_hist = plots.histogram_table(table["doublet_score"].dropna(), bins=50)
     has_threshold = groups["threshold"].notna().any()
+    drawn = table.iloc[plots.sample_rows(len(table), plots.MAX_CELLS, seed)]
     figures = {
-        "qc_violins.png": plot_violins(table, limits=limits, seed=seed),
-        "counts_vs_genes.png": plot_counts_vs_genes(table, seed=seed),
+        "qc_violins.png": plot_violins(drawn, limits=limits),
+        "counts_vs_genes.png": plot_counts_vs_genes(drawn),
         "hemoglobin_hist.png": plots.plot_histogram(
             hb_hist, xlabel="% hemoglobin counts", cutoff=max_pct_hb
         ),
@@ -86,21 +87,15 @@ def figures_and_tables(
     return figures, tables
 
 
-def plot_violins(
-    table: pd.DataFrame, *, limits: pd.DataFrame, max_cells: int = 50_000, seed: int = 0
-) -> Any:
+def plot_violins(data: pd.DataFrame, *, limits: pd.DataFrame) -> Any:
     """Violins of genes, counts, mitochondrial and hemoglobin share: all vs kept cells.
 
     Parameters
     ----------
-    table
-        Output of :func:`immune_aging.analysis.qc.qc_table`.
+    data
+        The cells drawn: rows of :func:`immune_aging.analysis.qc.qc_table`.
     limits
-        Limits table of :func:`immune_aging.analysis.qc.threshold_rules` (lines when fixed).
-    max_cells
-        Cells drawn at most (a seeded random sample).
-    seed
-        Sampling seed.
+        Limits table of :func:`immune_aging.analysis.qc_rules.threshold_rules` (lines when fixed).
 
     Returns
     -------
@@ -109,7 +104,6 @@ def plot_violins(
     """
     from matplotlib.figure import Figure
 
-    data = table.iloc[plots.sample_rows(len(table), max_cells, seed)]
     panels = [
         ("n_genes_by_counts", "genes detected", ("min_genes", "max_genes")),
         ("total_counts", "total counts", ("min_counts", "max_counts")),
@@ -133,28 +127,20 @@ def plot_violins(
     return fig
 
 
-def plot_counts_vs_genes(table: pd.DataFrame, *, max_cells: int = 50_000, seed: int = 0) -> Any:
+def plot_counts_vs_genes(data: pd.DataFrame) -> Any:
     """Scatter of total counts against genes detected, coloured by % mitochondrial.
 
     Parameters
     ----------
-    table
-        Output of :func:`immune_aging.analysis.qc.qc_table`.
-    max_cells
-        Cells drawn at most (a seeded random sample).
-    seed
-        Sampling seed.
+    data
+        The cells drawn: rows of :func:`immune_aging.analysis.qc.qc_table`.
 
     Returns
     -------
     matplotlib.figure.Figure
         The figure.
     """
-    from matplotlib.figure import Figure
-
-    data = table.iloc[plots.sample_rows(len(table), max_cells, seed)]
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
+    fig, ax = plots.figure_axes((6, 5))
     points = ax.scatter(
         data["total_counts"],
         data["n_genes_by_counts"],

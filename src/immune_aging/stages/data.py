@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from immune_aging import io, provenance, sources, stage
-from immune_aging.errors import InputError
 from immune_aging.params import DataParams, as_dict
 from immune_aging.threads import n_threads
 
@@ -42,10 +41,7 @@ def body(args, params: DataParams) -> None:
     """Simulate, download or adopt the dataset; write it with metrics."""
     where = f"{args.params}: data"
     kind, value = sources.classify_source(params.source, args.external, where=f"{where}.source")
-    expected = params.sha256
-    if expected is not None and not sources.SHA256.match(expected.strip()):
-        raise InputError(f"{where}.sha256: expected 64 hexadecimal digits, got {expected!r}")
-    expected = expected.strip().lower() if expected else None
+    expected = sources.expected_sha256(params.sha256, where=f"{where}.sha256")
     if kind == "synthetic" and expected:
         log.warning("data.sha256 is ignored for synthetic data")
     with io.Outputs() as out:
@@ -54,17 +50,9 @@ def body(args, params: DataParams) -> None:
         if kind == "synthetic":
             metrics = _simulate(folder, params)
         else:
-            if kind == "url":  # the checksum is verified before the file is renamed
-                source = sources.download_into(value, args.download_cache, expected)
-                metrics = sources.inspect(source)
-            else:  # validate first: it reads little, the checksum reads everything
-                source = Path(value)
-                metrics = sources.inspect(source)
-                if expected:
-                    sources.check_sha256(source, expected)
-            metrics["adopted"] = sources.link(source, folder / "dataset.h5ad")
-            metrics["source"] = kind
-            metrics["sha256_checked"] = expected is not None
+            metrics = sources.adopt(
+                kind, value, folder / "dataset.h5ad", cache=args.download_cache, expected=expected
+            )
         metrics["file_mb"] = round((folder / "dataset.h5ad").stat().st_size / 2**20, 1)
         io.write_json(metrics, metrics_path)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from immune_aging import counts, io, stage
+from immune_aging import count_checks, io, stage
 from immune_aging.analysis import de
 from immune_aging.errors import InputError
 from immune_aging.params import DeParams
@@ -25,7 +25,7 @@ PATHS = {
 def body(args, params: DeParams) -> None:
     """Read pseudobulk counts, test the cell types, write results, metrics and plots."""
     adata = io.read_h5ad(args.input)
-    counts.validate_pseudobulk(adata, args.input)
+    count_checks.validate_pseudobulk(adata, args.input)
     for name in params.covariates:
         if name not in adata.obs.columns:
             hint = " (set pseudobulk.pool_key to the pool column)" if name == "pool" else ""

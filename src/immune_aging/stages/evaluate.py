@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from immune_aging import counts, io, stage
+from immune_aging import cell_tables, io, stage
 from immune_aging.analysis import evaluate
 from immune_aging.errors import InputError
 from immune_aging.params import EvaluateParams
@@ -53,7 +53,7 @@ def body(args, params: EvaluateParams) -> None:
             ora_results=io.read_parquet(args.ora, ("cell_type", "direction", "term", "padj")),
             predict_metrics=predict_metrics,
             clusters=io.read_parquet(args.clusters, ("leiden", "cell_type")),
-            cells=counts.read_cells(args.cells, ("predicted_doublet",)),
+            cells=cell_tables.read_cells(args.cells, ("predicted_doublet",)),
             alpha=params.alpha,
         )
     with io.Outputs() as out:

@@ -1,12 +1,13 @@
 """Stage ``filter``: drop rare donors and cell types; write which cells and genes remain.
 
-Reads the input backed (only ``obs`` and ``var`` in memory), applies the rules of
+Reads the input backed (only ``obs`` and ``var`` in memory,
+:func:`immune_aging.annotations.read_annotations`), applies the rules of
 :mod:`immune_aging.analysis.filtering` to the annotations, then streams the kept
 cells' raw counts once (:func:`immune_aging.counts.expressed_genes`) to find the
 genes with any count. Writes the selection, not a copy of the counts:
 ``selection.h5ad`` holds the kept cells (obs, with each cell's row in the input)
 and genes (var, with each gene's column), and later stages read the input's
-counts through it (:func:`immune_aging.counts.read_selection`). Memory is the
+counts through it (:func:`immune_aging.selection.read_selection`). Memory is the
 annotations plus one block of counts.
 """
 
@@ -15,10 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from immune_aging import counts, io, provenance, stage
+from immune_aging import annotations, counts, io, provenance, stage
 from immune_aging.analysis import filtering
 from immune_aging.params import FilterParams, as_dict
-from immune_aging.validate import validate_dataset
 
 NAME = "filter"
 PATHS = {
@@ -32,15 +32,7 @@ log = logging.getLogger(__name__)
 
 def body(args, params: FilterParams) -> None:
     """Filter donors, cell types and genes; write the selection."""
-    backed = io.read_h5ad(args.input, backed=True)
-    try:
-        location = validate_dataset(backed, args.input)
-        obs = backed.obs.copy()
-        var = counts.gene_table(backed, location, args.input).copy()
-    finally:
-        backed.file.close()
-    log.info("%s: %d cells x %d genes, raw counts in %s", args.input, len(obs), len(var), location)
-
+    obs, var, location = annotations.read_annotations(args.input)
     selection = filtering.select_cells(
         obs,
         cutoff_percentile=params.cutoff_percentile,
@@ -70,16 +62,13 @@ def body(args, params: FilterParams) -> None:
         warnings=warnings,
     )
     table = filtering.donor_table(selection, kept)
-
+    figure = filtering.plot_cells_per_donor(table, cutoff=selection.cutoff)
     with io.Outputs() as out:
         io.write_h5ad(kept, out.file(args.out))
         io.write_json(metrics, out.file(args.metrics))
         plots = out.dir(args.plots)
         table.to_csv(plots / "cells_per_donor.csv", index=False)
-        io.save_figure(
-            filtering.plot_cells_per_donor(table, cutoff=selection.cutoff),
-            plots / "cells_per_donor.png",
-        )
+        io.save_figure(figure, plots / "cells_per_donor.png")
     log.info("%d cells x %d genes selected, written to %s", kept.n_obs, kept.n_vars, args.out)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from immune_aging import counts, io, stage
+from immune_aging import count_checks, io, stage
 from immune_aging.analysis import predict
 from immune_aging.errors import InputError
 from immune_aging.params import PredictParams
@@ -23,7 +23,7 @@ PATHS = {
 def body(args, params: PredictParams) -> None:
     """Cross-validate the age model and the sex-only baseline per cell type."""
     adata = io.read_h5ad(args.input)
-    counts.validate_pseudobulk(adata, args.input)
+    count_checks.validate_pseudobulk(adata, args.input)
     if adata.n_vars == 0:
         raise InputError(f"{args.input}: no genes")
     metrics, predictions = predict.predict_age(

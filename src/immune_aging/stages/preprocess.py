@@ -1,13 +1,13 @@
 """Stage ``preprocess``: HVGs, normalisation and PCA of the cells kept by QC.
 
 Reads from the input file only the counts of the cells QC kept, of the genes the
-``filter`` stage selected (:func:`immune_aging.counts.read_selection`), and writes
+``filter`` stage selected (:func:`immune_aging.selection.read_selection`), and writes
 ``pca.h5ad`` without an ``X`` matrix: the embedding, the gene table and the
 loadings only (later stages read counts through the selection). The counts are
 read twice, never all at once: a batch of whole donors at a time (at most
-:data:`immune_aging.counts.BATCH_CELLS` cells unless one donor has more) for the
+:data:`immune_aging.selection.BATCH_CELLS` cells unless one donor has more) for the
 HVG fits and the cells' totals, then only the PCA genes' columns of every cell
-(:func:`immune_aging.analysis.preprocess.preprocess_streamed`). The method is
+(:func:`immune_aging.analysis.preprocess.preprocess`). The method is
 described in :mod:`immune_aging.analysis.preprocess`.
 """
 
@@ -16,10 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
-
-from immune_aging import counts, io, provenance, stage
-from immune_aging.analysis import preprocess
+from immune_aging import cell_tables, io, provenance, selection, stage
+from immune_aging.analysis import preprocess, preprocess_plots
 from immune_aging.params import PreprocessParams, as_dict
 
 NAME = "preprocess"
@@ -36,22 +34,18 @@ log = logging.getLogger(__name__)
 
 def body(args, params: PreprocessParams) -> None:
     """Select HVGs, normalise, run PCA; write the embedding without X."""
-    chosen = counts.read_selection(args.selection, args.raw)
-    keep = counts.read_keep(args.cells, chosen.obs_names, args.selection)
+    chosen = selection.read_selection(args.selection, args.raw)
+    keep = cell_tables.read_keep(args.cells, chosen.obs_names, args.selection)
     obs = chosen.obs.loc[keep].copy()
     log.info("%d of %d cells kept by QC", len(obs), len(keep))
 
-    def batches():  # lazy: preprocess_streamed checks the obs columns first
+    def batches():  # lazy: preprocess checks the obs columns first
         labels = obs["donor_id"].astype(str).to_numpy()
         yield from chosen.read_batches(labels, keep=keep, label="HVG batch (donor_id)")
 
-    def read_columns(genes: np.ndarray):
-        log.info("reading the counts of %d PCA genes of %d cells", int(genes.sum()), len(obs))
-        return chosen.read(keep, genes=genes)
-
-    result, info = preprocess.preprocess_streamed(
+    result, info = preprocess.preprocess(
         batches(),
-        read_columns,
+        lambda genes: chosen.read(keep, genes=genes),
         obs=obs,
         var=chosen.var,
         target_sum=params.target_sum,
@@ -65,24 +59,14 @@ def body(args, params: PreprocessParams) -> None:
     result.uns["provenance"] = provenance.record(
         NAME, as_dict(params), [args.selection, args.raw, args.cells]
     )
-    variance = preprocess.variance_table(result)
-    figures = {
-        "pca.png": preprocess.plot_pca(result, seed=params.seed),
-        "pca_variance_ratio.png": preprocess.plot_elbow(variance),
-    }
+    figures, tables = preprocess_plots.figures_and_tables(result, seed=params.seed)
     with io.Outputs() as out:
         io.write_h5ad(result, out.file(args.out))
         io.write_json(info, out.file(args.metrics))
         plots = out.dir(args.plots)
-        variance.to_csv(plots / "pca_variance_ratio.csv", index=False)
+        for name, frame in tables.items():
+            frame.to_csv(plots / name, index=False)
         io.save_figures(figures, plots)
-    log.info(
-        "%d HVGs, %d blocked, %d used; PC1 explains %.1f %%",
-        info["hvg_found"],
-        info["hvg_blocked"],
-        info["hvg_used"],
-        100 * info["variance_ratio_pc1"],
-    )
 
 
 main = stage.main_for(NAME, __doc__, PATHS, body)

@@ -1,11 +1,11 @@
 """Stage ``qc``: per-cell QC metrics, threshold rules and Scrublet doublets.
 
 Reads the raw counts of the cells and genes the ``filter`` stage selected from
-the input file (:func:`immune_aging.counts.read_selection`), and writes a per-cell
+the input file (:func:`immune_aging.selection.read_selection`), and writes a per-cell
 table (``cells.parquet``), not a copy of the count matrix: later stages read the
 counts through the selection and keep the cells whose ``keep`` is true. The
 counts are read a batch of whole groups (``qc.pool_key`` or donors) at a time,
-at most :data:`immune_aging.counts.BATCH_CELLS` cells unless one group has more
+at most :data:`immune_aging.selection.BATCH_CELLS` cells unless one group has more
 (:func:`immune_aging.analysis.qc.qc_batches`), so memory is one batch's counts
 plus the per-cell table. The method is described in :mod:`immune_aging.analysis.qc` and
 :mod:`immune_aging.analysis.doublets`.
@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from immune_aging import counts, io, stage
-from immune_aging.analysis import qc, qc_plots
-from immune_aging.errors import InputError
+from immune_aging import io, selection, stage
+from immune_aging.analysis import qc, qc_plots, qc_rules
 from immune_aging.params import QcParams
 from immune_aging.threads import n_threads
 
@@ -35,38 +34,26 @@ log = logging.getLogger(__name__)
 
 def body(args, params: QcParams) -> None:
     """Compute QC metrics, apply the rules, detect doublets; write the cell table."""
-    chosen = counts.read_selection(args.selection, args.raw)
+    chosen = selection.read_selection(args.selection, args.raw)
     group_key = params.pool_key or "donor_id"
     hint = " (qc.pool_key)" if params.pool_key else ""
     stage.require(chosen, args.selection, hint=hint, obs=[group_key])
     labels = chosen.obs[group_key].astype(str).to_numpy()
-    table, fails, limits, scrublet_groups = qc.qc_batches(
+    table, _, limits, scrublet_groups = qc.qc_batches(
         chosen.read_batches(labels, label=f"QC batch ({group_key})"),
         obs=chosen.obs,
         var=chosen.var,
         group_key=group_key,
-        thresholds=params.thresholds,
-        min_genes=params.min_genes,
-        max_genes=params.max_genes,
-        min_counts=params.min_counts,
-        max_counts=params.max_counts,
-        max_pct_mt=params.max_pct_mt,
-        max_pct_hb=params.max_pct_hb,
-        n_mads=params.n_mads,
+        rules=qc_rules.Rules.of(params),
         expected_doublet_rate=params.expected_doublet_rate,
         min_cells_scrublet=params.min_cells_scrublet,
         seed=params.seed,
         n_jobs=n_threads(),
     )
-    if not table["keep"].any():
-        worst = fails.sum().idxmax().removeprefix("fail_")
-        raise InputError(
-            f"{args.selection}: no cell passes QC (rule {worst!r} alone removes "
-            f"{int(fails.sum().max())} of {len(table)}); check the qc.* limits"
+    with stage.about(args.selection):
+        summary = qc.summary(
+            table, scrublet_groups, limits, thresholds=params.thresholds, group_key=group_key
         )
-    summary = qc.summary(
-        table, scrublet_groups, limits, thresholds=params.thresholds, group_key=group_key
-    )
     figures, tables = qc_plots.figures_and_tables(
         table, scrublet_groups, limits, max_pct_hb=params.max_pct_hb, seed=params.seed
     )
