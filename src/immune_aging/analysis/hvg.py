@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
@@ -84,6 +85,21 @@ class ColumnMoments:
             self.sums += np.bincount(idx, weights=val, minlength=n_cols)
             self.squares += np.bincount(idx, weights=val * val, minlength=n_cols)
         self.n_rows += X.shape[0]
+
+    def merge(self, other: ColumnMoments) -> None:
+        """Add another's rows (moments of other rows of the same columns).
+
+        The partial sums are exact float64 integers, so merging partial moments
+        gives the bits of adding all their rows to one.
+
+        Parameters
+        ----------
+        other
+            Moments of other rows.
+        """
+        self.sums += other.sums
+        self.squares += other.squares
+        self.n_rows += other.n_rows
 
     def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the mean and unbiased variance of each column.
@@ -171,6 +187,111 @@ def highly_variable_genes(
     )
 
 
+@dataclass
+class BatchFits:
+    """What one batch of whole donors contributes to the HVG selection.
+
+    Attributes
+    ----------
+    fits
+        Seurat v3's normalised variances of each donor of the batch, or why the
+        donor was skipped.
+    moments
+        Column moments of the batch's counts.
+    """
+
+    fits: dict[str, np.ndarray | str]
+    moments: ColumnMoments = field(repr=False)
+
+
+def fit_batch(
+    counts: sparse.csr_matrix,
+    labels: np.ndarray,
+    *,
+    var_names: pd.Index,
+    n_top_genes: int,
+    span: float,
+) -> BatchFits:
+    """Fit each donor of one batch and sum the batch's column moments.
+
+    Parameters
+    ----------
+    counts
+        Raw counts of the batch's cells (cells x ``var_names``; not modified).
+    labels
+        Donor of each of the batch's cells.
+    var_names, n_top_genes, span
+        See :func:`highly_variable_genes`.
+
+    Returns
+    -------
+    BatchFits
+        The donors' fits and the batch's moments, for :func:`combine_batches`.
+    """
+    X = sparse.csr_matrix(counts)
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    fits = {
+        batch: _fit_batch(X[rows], var_names, n_top_genes=n_top_genes, span=span)
+        for batch, rows in _batch_rows(labels).items()
+    }
+    moments = ColumnMoments(len(var_names))
+    moments.add(X)
+    return BatchFits(fits, moments)
+
+
+def combine_batches(
+    parts: Iterable[tuple[np.ndarray, BatchFits]],
+    *,
+    labels: np.ndarray,
+    var_names: pd.Index,
+    n_top_genes: int,
+    batch_key: str = "donor_id",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Fold the batches' :func:`fit_batch` results into the HVG table, in batch order.
+
+    Parameters
+    ----------
+    parts
+        ``(positions, fits)``: ascending positions of a batch's cells among all
+        cells and what :func:`fit_batch` made of them. A donor's cells are all in
+        one batch; every cell is in exactly one.
+    labels
+        Donor (``batch_key``) of every cell.
+    var_names, n_top_genes, batch_key
+        See :func:`highly_variable_genes`.
+
+    Returns
+    -------
+    tuple
+        ``(table, info)`` as :func:`highly_variable_genes`.
+
+    Raises
+    ------
+    InputError
+        If no donor can be fitted.
+    ValueError
+        If the batches split a donor or do not cover every cell exactly once.
+    """
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    moments = ColumnMoments(len(var_names))
+    fits: dict[str, np.ndarray | str] = {}
+    seen = np.zeros(len(labels), dtype=bool)
+    for positions, part in parts:
+        positions = np.asarray(positions)
+        if seen[positions].any():
+            raise ValueError("a cell is in more than one batch")
+        seen[positions] = True
+        for batch, fit in part.fits.items():
+            if batch in fits:
+                raise ValueError(f"{batch_key} {batch!r} is split between batches")
+            fits[batch] = fit
+        moments.merge(part.moments)
+    if not seen.all():
+        raise ValueError(f"the batches miss {int((~seen).sum())} of {len(labels)} cells")
+    fits = {batch: fits[batch] for batch in sorted(fits)}  # the order of np.unique
+    return _combine(fits, *moments.mean_var(), var_names, n_top_genes, batch_key)
+
+
 def highly_variable_genes_streamed(
     batches: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
     *,
@@ -182,7 +303,9 @@ def highly_variable_genes_streamed(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """:func:`highly_variable_genes` from counts streamed a few whole donors at a time.
 
-    Each donor is fitted on its own and the column moments add up exactly
+    Each batch is fitted on its own (:func:`fit_batch`) and the results folded in
+    batch order (:func:`combine_batches`), as a cluster's workers do it; each donor
+    is fitted on its own and the column moments add up exactly
     (:class:`ColumnMoments`), so the result is the same bits for any split into
     batches, one batch of all cells included.
 
@@ -212,24 +335,22 @@ def highly_variable_genes_streamed(
         If the batches split a donor or do not cover every cell exactly once.
     """
     labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
-    moments = ColumnMoments(len(var_names))
-    fits: dict[str, np.ndarray | str] = {}
-    seen = np.zeros(len(labels), dtype=bool)
-    for positions, counts in batches:
-        positions = np.asarray(positions)
-        if seen[positions].any():
-            raise ValueError("a cell is in more than one batch")
-        seen[positions] = True
-        X = sparse.csr_matrix(counts)
-        for batch, rows in _batch_rows(labels[positions]).items():
-            if batch in fits:
-                raise ValueError(f"{batch_key} {batch!r} is split between batches")
-            fits[batch] = _fit_batch(X[rows], var_names, n_top_genes=n_top_genes, span=span)
-        moments.add(X)
-    if not seen.all():
-        raise ValueError(f"the batches miss {int((~seen).sum())} of {len(labels)} cells")
-    fits = {batch: fits[batch] for batch in sorted(fits)}  # the order of np.unique
-    return _combine(fits, *moments.mean_var(), var_names, n_top_genes, batch_key)
+    parts = (
+        (
+            positions,
+            fit_batch(
+                counts,
+                labels[np.asarray(positions)],
+                var_names=var_names,
+                n_top_genes=n_top_genes,
+                span=span,
+            ),
+        )
+        for positions, counts in batches
+    )
+    return combine_batches(
+        parts, labels=labels, var_names=var_names, n_top_genes=n_top_genes, batch_key=batch_key
+    )
 
 
 def _combine(
