@@ -12,7 +12,7 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import io, selection
+from immune_aging import executor, io, selection
 from immune_aging.analysis import hvg, preprocess, preprocess_plots
 from immune_aging.errors import InputError
 from immune_aging.stages import preprocess as stage
@@ -200,6 +200,21 @@ def test_run_pca_rejects_an_unknown_solver():
         preprocess.run_pca(data, n_comps=3, seed=0, solver="lobpcg")
 
 
+def in_memory(X, donors, max_cells):
+    """``each_batch`` over counts in memory: batches of whole donors, or one of all cells."""
+    labels = np.asarray(donors).astype(str)
+    if max_cells is None:
+        groups = [np.arange(X.shape[0])]
+    else:
+        groups = selection.group_batches(labels, max_cells)
+
+    def each_batch(fn, extra):
+        for positions in groups:
+            yield fn(positions, X[positions], extra(positions))
+
+    return each_batch
+
+
 def run(adata, keep=None, **kw):
     """Preprocess counts in memory: the kept cells as one batch."""
     params = {
@@ -215,7 +230,7 @@ def run(adata, keep=None, **kw):
     X = cells.X
     before = X.copy()
     result = preprocess.preprocess(
-        [(np.arange(cells.n_obs), X)],
+        in_memory(X, cells.obs["donor_id"], None),
         lambda genes: X[:, genes],
         obs=cells.obs,
         var=cells.var,
@@ -464,7 +479,7 @@ def test_preprocess_does_not_depend_on_the_batches(max_cells, monkeypatch):
         return cells.X[:, genes].copy()
 
     parts, parts_info = preprocess.preprocess(
-        donor_batches(cells, max_cells),
+        in_memory(cells.X, cells.obs["donor_id"], max_cells),
         read_columns,
         obs=cells.obs,
         var=cells.var,
@@ -484,6 +499,32 @@ def test_preprocess_does_not_depend_on_the_batches(max_cells, monkeypatch):
     for key in ("variance", "variance_ratio"):
         np.testing.assert_array_equal(whole.uns["pca"][key], parts.uns["pca"][key])
     assert whole.uns["hvg"] == parts.uns["hvg"]
+    # the second pass batch by batch too: the same bits
+    batched, batched_info = preprocess.preprocess(
+        in_memory(cells.X, cells.obs["donor_id"], max_cells),
+        None,
+        obs=cells.obs,
+        var=cells.var,
+        target_sum=1e4,
+        n_top_genes=50,
+        hvg_span=0.8,
+        blocklist_regex=BLOCK,
+        n_comps=5,
+        seed=0,
+    )
+    assert batched_info == info
+    assert_same_bits(whole, batched)
+
+
+def assert_same_bits(a, b):
+    """Two preprocess results are the same bits (obs, var, embedding, loadings, uns)."""
+    pd.testing.assert_frame_equal(a.obs, b.obs, check_exact=True)
+    pd.testing.assert_frame_equal(a.var, b.var, check_exact=True)
+    np.testing.assert_array_equal(a.obsm["X_pca"], b.obsm["X_pca"])
+    np.testing.assert_array_equal(a.varm["PCs"], b.varm["PCs"])
+    for key in ("variance", "variance_ratio"):
+        np.testing.assert_array_equal(a.uns["pca"][key], b.uns["pca"][key])
+    assert a.uns["hvg"] == b.uns["hvg"]
 
 
 def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
@@ -499,4 +540,53 @@ def test_stage_output_does_not_depend_on_the_batch_size(tmp_path, monkeypatch):
         code, out = run_stage(folder, monkeypatch)
         assert code == 0
         outputs.append([(out / n).read_bytes() for n in ("pca.h5ad", "preprocess.json")])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_column_moments_merge_gives_the_bits_of_one_pass():
+    X = counts_dataset().X
+    one = hvg.ColumnMoments(X.shape[1])
+    one.add(X)
+    merged = hvg.ColumnMoments(X.shape[1])
+    for lo, hi in ((100, None), (0, 37), (37, 100)):  # any order, any split
+        part = hvg.ColumnMoments(X.shape[1])
+        part.add(X[lo:hi], block=5)
+        merged.merge(part)
+    assert merged.n_rows == one.n_rows == X.shape[0]
+    np.testing.assert_array_equal(merged.sums, one.sums)
+    np.testing.assert_array_equal(merged.squares, one.squares)
+
+
+def test_stack_rows_puts_the_blocks_back_in_cell_order():
+    X = sparse.csr_matrix(np.array([[1, 0, 2], [0, 0, 0], [3, 4, 0], [0, 5, 6]], np.float32))
+    blocks = [(np.array([1, 3]), X[[1, 3]]), (np.array([0, 2]), X[[0, 2]])]
+    stacked = preprocess.stack_rows(iter(blocks), 4)
+    assert stacked.dtype == np.float32 and stacked.indices.dtype == np.int32
+    np.testing.assert_array_equal(stacked.indptr, X.indptr)
+    np.testing.assert_array_equal(stacked.indices, X.indices)
+    np.testing.assert_array_equal(stacked.data, X.data)
+    with pytest.raises(ValueError, match="miss 2 of 4 cells"):
+        preprocess.stack_rows(blocks[:1], 4)
+    with pytest.raises(ValueError, match="more than one block"):
+        preprocess.stack_rows([blocks[0], blocks[0]], 4)
+
+
+def test_stage_output_is_the_same_bytes_here_and_on_dask(tmp_path, monkeypatch, capsys):
+    # donors interleaved, batches of at most 70 cells: several jobs of whole donors
+    adata = interleaved(counts_dataset(sizes=(60, 50, 40, 1)))
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[::10] = False
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "70")
+    outputs = []
+    for scheduler in ("", "local:1", "local:2"):
+        monkeypatch.setenv(executor.SCHEDULER_VAR, scheduler)
+        folder = tmp_path / (scheduler.replace(":", "") or "here")
+        folder.mkdir()
+        write_inputs(folder, adata, keep)
+        code, out = run_stage(folder, monkeypatch)
+        assert code == 0
+        outputs.append([(out / n).read_bytes() for n in ("pca.h5ad", "preprocess.json")])
+        said = capsys.readouterr().err
+        # the batches ran as jobs of the cluster, on Dask only
+        assert ("Dask scheduler tcp://127.0.0.1:" in said) == bool(scheduler), said
     assert outputs[0] == outputs[1] == outputs[2]

@@ -35,9 +35,11 @@ Steps and choices:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
@@ -57,6 +59,161 @@ PCA_SOLVERS = ("covariance", "arpack")
 #: rows normalised at a time by :func:`scale_log1p` (no per-entry copy of the whole
 #: matrix)
 SCALE_ROWS = 1 << 16
+#: ``fn(positions, counts, extra)``: the work on one batch of whole donors' counts.
+BatchFn = Callable[[np.ndarray, sparse.csr_matrix, Any], Any]
+#: ``each_batch(fn, extra)`` yields ``fn(positions, counts, extra(positions))`` for
+#: each batch of whole donors, in batch order (:func:`immune_aging.batches.map_batches`).
+EachBatch = Callable[[BatchFn, Callable[[np.ndarray], Any]], Iterable[Any]]
+
+
+@dataclass
+class BatchSummary:
+    """What one batch of whole donors contributes to the first pass of :func:`preprocess`.
+
+    Attributes
+    ----------
+    positions
+        Ascending positions of the batch's cells among all cells.
+    totals
+        Each of those cells' total count over all genes.
+    hvg
+        The donors' HVG fits and the batch's column moments.
+    """
+
+    positions: np.ndarray
+    totals: np.ndarray
+    hvg: hvg_select.BatchFits = field(repr=False)
+
+
+def summarise_batch(
+    positions: np.ndarray,
+    counts: sparse.csr_matrix,
+    donors: np.ndarray,
+    *,
+    var_names: pd.Index,
+    n_top_genes: int,
+    span: float,
+) -> BatchSummary:
+    """First pass on one batch: the cells' totals, each donor's HVG fit, the column moments.
+
+    A job of :func:`preprocess` (top level, so that a cluster's worker can run it
+    on the batch it reads).
+
+    Parameters
+    ----------
+    positions
+        Ascending positions of the batch's cells among all cells.
+    counts
+        Their raw CSR counts over all genes (not modified).
+    donors
+        Donor of each of the batch's cells.
+    var_names, n_top_genes, span
+        See :func:`immune_aging.analysis.hvg.highly_variable_genes`.
+
+    Returns
+    -------
+    BatchSummary
+        What the batch contributes.
+    """
+    X = sparse.csr_matrix(counts)
+    # per row, as log_normalise sums the whole matrix
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    fits = hvg_select.fit_batch(X, donors, var_names=var_names, n_top_genes=n_top_genes, span=span)
+    return BatchSummary(np.asarray(positions), totals, fits)
+
+
+def normalise_batch(
+    positions: np.ndarray,
+    counts: sparse.csr_matrix,
+    totals: np.ndarray,
+    *,
+    columns: np.ndarray,
+    target_sum: float,
+) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """Second pass on one batch: its PCA genes' columns, normalised and log1p-transformed.
+
+    Element-wise (:func:`scale_log1p`), so the values are the bits of the same
+    cells normalised in one matrix.
+
+    Parameters
+    ----------
+    positions
+        Ascending positions of the batch's cells among all cells.
+    counts
+        Their raw CSR counts over all genes (not modified).
+    totals
+        Those cells' totals over all genes (from the first pass).
+    columns
+        Boolean mask of the PCA genes.
+    target_sum
+        Counts per cell after normalisation.
+
+    Returns
+    -------
+    tuple
+        ``(positions, block)``: the block is float32 CSR, the batch's cells x PCA genes.
+    """
+    sub = sparse.csr_matrix(counts)[:, np.asarray(columns, dtype=bool)]
+    sub = sub.astype(np.float32) if sub.dtype != np.float32 else sub
+    if np.shares_memory(sub.data, counts.data):  # never write into the input
+        sub = sub.copy()
+    return np.asarray(positions), scale_log1p(sub, totals, target_sum=target_sum)
+
+
+def stack_rows(
+    blocks: Iterable[tuple[np.ndarray, sparse.csr_matrix]], n_rows: int
+) -> sparse.csr_matrix:
+    """Put the rows of batches back in cell order, one CSR matrix.
+
+    Each block is dropped as soon as its rows are copied; the result's arrays are
+    filled in place, so the peak is at most twice the result.
+
+    Parameters
+    ----------
+    blocks
+        ``(positions, block)``: each block's rows are those cells; every cell in
+        exactly one block, all blocks with the same columns.
+    n_rows
+        Number of cells.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        The rows of all blocks, row ``i`` being cell ``i``; indices as the blocks'.
+
+    Raises
+    ------
+    ValueError
+        If the blocks do not cover every cell exactly once.
+    """
+    parts = list(blocks)
+    row_nnz = np.zeros(n_rows, dtype=np.int64)
+    seen = np.zeros(n_rows, dtype=bool)
+    for positions, block in parts:
+        if seen[positions].any():
+            raise ValueError("a cell is in more than one block")
+        seen[positions] = True
+        row_nnz[positions] = np.diff(block.indptr)
+    if not seen.all():
+        raise ValueError(f"the blocks miss {int((~seen).sum())} of {n_rows} cells")
+    n_cols = parts[0][1].shape[1] if parts else 0
+    nnz = int(row_nnz.sum())
+    wide = max(nnz, n_cols) >= np.iinfo(np.int32).max
+    index_dtype = np.int64 if wide else np.int32
+    indptr = np.zeros(n_rows + 1, dtype=index_dtype)
+    np.cumsum(row_nnz, out=indptr[1:])
+    data = np.empty(nnz, dtype=np.float32)
+    indices = np.empty(nnz, dtype=index_dtype)
+    while parts:
+        positions, block = parts.pop(0)
+        lengths = np.diff(block.indptr)
+        # where each stored entry of the block goes: its row's start there + its offset
+        to = np.repeat(indptr[positions].astype(np.int64) - block.indptr[:-1], lengths)
+        to += np.arange(block.nnz, dtype=np.int64)
+        data[to] = block.data
+        indices[to] = block.indices
+        del block, to
+    return sparse.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols), copy=False)
 
 
 def block_genes(symbols: pd.Series, *, regex: str) -> np.ndarray:
@@ -204,8 +361,8 @@ def run_pca(
 
 
 def preprocess(
-    batches: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
-    read_columns: Callable[[np.ndarray], sparse.csr_matrix],
+    each_batch: EachBatch,
+    read_columns: Callable[[np.ndarray], sparse.csr_matrix] | None,
     *,
     obs: pd.DataFrame,
     var: pd.DataFrame,
@@ -219,24 +376,33 @@ def preprocess(
 ) -> tuple[ad.AnnData, dict[str, Any]]:
     """Run HVG selection, blocklisting, normalisation and PCA, reading counts in two passes.
 
-    The counts are never held for all genes at once. The first pass streams them a
-    few whole donors at a time: the HVG fits
-    (:func:`immune_aging.analysis.hvg.highly_variable_genes_streamed`) and each
-    cell's total. The second reads only the columns of the PCA genes of every
-    cell, normalises them with those totals and log1p-transforms them in place
-    (:func:`scale_log1p`). Counts in memory are one batch of every cell
-    (``[(numpy.arange(n_cells), counts)]``) with ``read_columns`` slicing the same
-    matrix; the result is the same bits for any split into batches.
+    The counts are never held for all genes at once. The first pass works on a
+    few whole donors at a time (:func:`summarise_batch`: each cell's total, each
+    donor's HVG fit, the batch's column moments), folded in batch order
+    (:func:`immune_aging.analysis.hvg.combine_batches`). The second reads only the
+    PCA genes' columns of every cell, normalises them with those totals and
+    log1p-transforms them (:func:`scale_log1p`): in one read (``read_columns``),
+    or batch by batch (:func:`normalise_batch`, element-wise) with the blocks put
+    back in cell order (:func:`stack_rows`). Either way the per-batch work may run
+    on a cluster's workers (``each_batch``) and the result is the same bits for
+    any split into batches and wherever the batches ran.
+
+    PCA itself runs here, on all cells at once: the covariance solver sums one
+    genes x genes matrix over all cells in a fixed order, and that order is what
+    makes the result the same bytes everywhere; split over workers, the sum
+    would depend on the split.
 
     Parameters
     ----------
-    batches
-        ``(positions, counts)``: ascending positions of a batch's cells in ``obs``
-        and their raw CSR counts (cells x ``var``); a donor's cells all in one
-        batch, every cell in exactly one.
+    each_batch
+        ``each_batch(fn, extra)`` yields ``fn(positions, counts, extra(positions))``
+        for each batch, in batch order: ascending positions of a batch's cells in
+        ``obs`` and their raw CSR counts (cells x ``var``); a donor's cells all in
+        one batch, every cell in exactly one.
     read_columns
         Given a boolean mask over ``var``, returns the raw counts of those genes
         of every cell of ``obs``, in order (CSR, a new matrix: it is modified).
+        None: the second pass runs batch by batch through ``each_batch`` too.
     obs
         The cells (all kept by QC), with ``donor_id``, ``cell_type`` and ``sex``.
     var
@@ -267,21 +433,19 @@ def preprocess(
     if len(obs) == 0:
         raise InputError("no cell is kept by QC")
     blocked = block_genes(var["feature_name"], regex=blocklist_regex)
+    donors = obs["donor_id"].astype(str).to_numpy()
     totals = np.full(len(obs), np.nan)
+    summarise = functools.partial(
+        summarise_batch, var_names=var.index, n_top_genes=n_top_genes, span=hvg_span
+    )
 
-    def with_totals() -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
-        for positions, counts in batches:
-            # per row, as log_normalise sums the whole matrix
-            totals[positions] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-            yield positions, counts
+    def fits() -> Iterator[tuple[np.ndarray, hvg_select.BatchFits]]:
+        for summary in each_batch(summarise, lambda positions: donors[positions]):
+            totals[summary.positions] = summary.totals
+            yield summary.positions, summary.hvg
 
-    hvg, hvg_info = hvg_select.highly_variable_genes_streamed(
-        with_totals(),
-        labels=obs["donor_id"].astype(str).to_numpy(),
-        var_names=var.index,
-        n_top_genes=n_top_genes,
-        span=hvg_span,
-        batch_key="donor_id",
+    hvg, hvg_info = hvg_select.combine_batches(
+        fits(), labels=donors, var_names=var.index, n_top_genes=n_top_genes
     )
     used = hvg["highly_variable"].to_numpy() & ~blocked
     if not used.any():
@@ -289,10 +453,16 @@ def preprocess(
             "preprocess.blocklist_regex removes every highly variable gene; none left for PCA"
         )
     log.info("reading the counts of %d PCA genes of %d cells", int(used.sum()), len(obs))
-    data = sparse.csr_matrix(read_columns(used))
-    if data.shape != (len(obs), int(used.sum())):
-        raise ValueError(f"read_columns returned {data.shape}, not {(len(obs), int(used.sum()))}")
-    data = scale_log1p(data, totals, target_sum=target_sum)
+    if read_columns is None:
+        normalise = functools.partial(normalise_batch, columns=used, target_sum=target_sum)
+        data = stack_rows(each_batch(normalise, lambda positions: totals[positions]), len(obs))
+    else:
+        data = sparse.csr_matrix(read_columns(used))
+        if data.shape != (len(obs), int(used.sum())):
+            raise ValueError(
+                f"read_columns returned {data.shape}, not {(len(obs), int(used.sum()))}"
+            )
+        data = scale_log1p(data, totals, target_sum=target_sum)
     pca = run_pca(data, n_comps=n_comps, seed=seed, solver=pca_solver)
     return _result(
         obs,

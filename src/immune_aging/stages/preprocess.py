@@ -4,11 +4,12 @@ Reads from the input file only the counts of the cells QC kept, of the genes the
 ``filter`` stage selected (:func:`immune_aging.selection.read_selection`), and writes
 ``pca.h5ad`` without an ``X`` matrix: the embedding, the gene table and the
 loadings only (later stages read counts through the selection). The counts are
-read twice, never all at once: a batch of whole donors at a time (at most
-:data:`immune_aging.selection.BATCH_CELLS` cells unless one donor has more) for the
-HVG fits and the cells' totals, then only the PCA genes' columns of every cell
-(:func:`immune_aging.analysis.preprocess.preprocess`). The method is
-described in :mod:`immune_aging.analysis.preprocess`.
+read twice, never all at once: a batch of whole donors at a time
+(:func:`immune_aging.batches.map_batches`; here, or by a Dask cluster's workers
+under ``IMMUNE_AGING_SCHEDULER``) for the HVG fits and the cells' totals, then
+only the PCA genes' columns of every cell: here in one read, on a cluster
+normalised batch by batch by the workers. PCA runs here. The method is described
+in :mod:`immune_aging.analysis.preprocess`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from immune_aging import cell_tables, io, provenance, selection, stage
+from immune_aging import batches, cell_tables, executor, io, provenance, selection, stage
 from immune_aging.analysis import preprocess, preprocess_plots
 from immune_aging.params import PreprocessParams, as_dict
 
 NAME = "preprocess"
+BATCHES = "batch of whole donors (donor_id)"
 PATHS = {
     "selection": "selection h5ad of the filter stage",
     "raw": "input h5ad holding the raw counts",
@@ -39,13 +41,14 @@ def body(args, params: PreprocessParams) -> None:
     obs = chosen.obs.loc[keep].copy()
     log.info("%d of %d cells kept by QC", len(obs), len(keep))
 
-    def batches():  # lazy: preprocess checks the obs columns first
+    def each_batch(fn, extra):  # lazy: preprocess checks the obs columns first
         labels = obs["donor_id"].astype(str).to_numpy()
-        yield from chosen.read_batches(labels, keep=keep, label="HVG batch (donor_id)")
+        return batches.map_batches(chosen, fn, labels, keep=keep, extra=extra, label=BATCHES)
 
+    on_cluster = executor.scheduler() is not None  # else one read of the PCA genes
     result, info = preprocess.preprocess(
-        batches(),
-        lambda genes: chosen.read(keep, genes=genes),
+        each_batch,
+        None if on_cluster else (lambda genes: chosen.read(keep, genes=genes)),
         obs=obs,
         var=chosen.var,
         target_sum=params.target_sum,
