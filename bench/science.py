@@ -35,6 +35,11 @@ Variants of a seed reuse its base run's upstream outputs:
 ``permuted_pool`` / ``null_pool``
     DE alone on the ``permuted`` or ``null`` run's pseudobulk with
     ``de.covariates: [sex, pool]``: the nulls of the ``pool`` variant.
+``empirical`` / ``pool_empirical``
+    DE (then GSEA, ORA) on the base run's pseudobulk with ``de.null_distribution:
+    empirical``, covariates ``[sex]`` or ``[sex, pool]``.
+``null_empirical`` / ``null_pool_empirical``
+    Their nulls: DE alone on the ``null`` run's pseudobulk.
 ``seed_filter``
     The filter stage alone with the seed's rules (``filter.prevalence:
     cell_types``): which cell types and donors its rules remove, and at what ages.
@@ -88,15 +93,28 @@ VARIANTS = (
     "permuted_pool",
     "null_pool",
     "seed_filter",
+    "empirical",
+    "pool_empirical",
+    "null_empirical",
+    "null_pool_empirical",
 )
 #: Variants that are nulls (nothing planted in expression), and the pool-adjusted ones.
-NULL_VARIANTS = ("permuted", "null", "permuted_pool", "null_pool")
+NULL_VARIANTS = (
+    "permuted",
+    "null",
+    "permuted_pool",
+    "null_pool",
+    "null_empirical",
+    "null_pool_empirical",
+)
 #: The study: (scenario, seeds, variants).
 STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("base", "permuted", "null")),
     ("n981", (1, 2), ("pool", "censor_drop", "censor_85")),
     ("n981", (3, 4, 5), ("pool",)),
     ("n981", (1, 2, 3, 4, 5), ("null_pool",)),
+    ("n981", (1, 2, 3, 4, 5), ("pool_empirical", "null_pool_empirical")),
+    ("n981", (1, 2, 3, 4, 5), ("empirical", "null_empirical")),
     ("n200", (1, 2, 3), ("base", "pool", "null", "censor_drop", "censor_85", "seed_filter")),
     ("n48", (1, 2, 3), ("base", "null", "seed_filter")),
 )
@@ -111,9 +129,28 @@ STAGES = {
     "permuted_pool": ("de",),
     "null_pool": ("de",),
     "seed_filter": ("filter",),
+    "empirical": ("de", "gsea", "ora"),
+    "pool_empirical": ("de", "gsea", "ora"),
+    "null_empirical": ("de",),
+    "null_pool_empirical": ("de",),
 }
 #: The run whose outputs a variant reuses (``base`` unless named here).
-PARENT = {"permuted_pool": "permuted", "null_pool": "null"}
+PARENT = {
+    "permuted_pool": "permuted",
+    "null_pool": "null",
+    "null_empirical": "null",
+    "null_pool_empirical": "null",
+}
+#: The upstream outputs of a DE-only variant on a base or null run (its metrics own).
+_UPSTREAM = (
+    "data/raw",
+    "data/filter",
+    "data/qc",
+    "data/pseudobulk",
+    "data/genesets",
+    "metrics/pseudobulk.json",
+    "metrics/predict.json",
+)
 SHARED = {
     "pool": ("data/raw", "data/filter", "data/qc", "data/pseudobulk", "data/genesets", "metrics"),
     "censor_drop": ("data/raw", "data/filter", "data/qc", "data/genesets"),
@@ -122,6 +159,10 @@ SHARED = {
     "seed_filter": ("data/raw",),
     "permuted_pool": ("data/raw", "data/genesets", "data/pseudobulk"),
     "null_pool": ("data/raw", "data/genesets", "data/pseudobulk"),
+    "empirical": _UPSTREAM,
+    "pool_empirical": _UPSTREAM,
+    "null_empirical": ("data/raw", "data/genesets", "data/pseudobulk"),
+    "null_pool_empirical": ("data/raw", "data/genesets", "data/pseudobulk"),
 }
 ALPHA = 0.05
 
@@ -154,6 +195,18 @@ def params_for(scenario: str, seed: int, variant: str) -> dict[str, Any]:
         "censor_85": {"pseudobulk": {"censored_age": "assign", "age_80_and_over": 85.0}},
         "null": {"data": {"synthetic": {"age_effect_scale": 0.0}}},
         "seed_filter": {"filter": {"prevalence": "cell_types"}},
+        "empirical": {"de": {"null_distribution": "empirical"}},
+        "pool_empirical": {
+            "de": {"covariates": ["sex", "pool"], "null_distribution": "empirical"}
+        },
+        "null_empirical": {
+            "de": {"null_distribution": "empirical"},
+            "data": {"synthetic": {"age_effect_scale": 0.0}},
+        },
+        "null_pool_empirical": {
+            "de": {"covariates": ["sex", "pool"], "null_distribution": "empirical"},
+            "data": {"synthetic": {"age_effect_scale": 0.0}},
+        },
     }.get(variant, {})
     return deep_merge(params, over)
 
@@ -663,7 +716,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for scenario, variants in sc.items():
-        for variant in ("base", "pool", "censor_drop", "censor_85"):
+        for variant in ("base", "pool", "empirical", "pool_empirical", "censor_drop", "censor_85"):
             e = variants.get(variant)
             if e and "fdr" in e:
                 lines.append(
@@ -726,7 +779,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax1.set_title("Power by effect size")
     labels, values = [], []
     for scenario, variants in sc.items():
-        for variant in ("base", "pool", "censor_drop", "censor_85"):
+        for variant in ("base", "pool", "empirical", "pool_empirical", "censor_drop", "censor_85"):
             e = variants.get(variant)
             if e and "fdr" in e:
                 for v in e["fdr"].get("values", []):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from immune_aging.analysis import de
+from immune_aging.analysis import de, deseq
 
 PARAMS = {"alpha": 0.05, "min_total_count": 10, "min_donors": 6}
 
@@ -217,3 +217,63 @@ def test_gradient_search_finds_interior_and_boundary_minima():
 
     x, settled = _min_log_alpha(nan_grad, np.zeros(5), -18.0, 6.0)
     assert settled.tolist() == [True, False, True, True, True]
+
+
+def test_empirical_null_scale_is_the_central_spread_per_count_stratum():
+    rng = np.random.default_rng(7)
+    low = rng.standard_normal(800) * 0.8  # narrower than the model: never enlarged
+    high = rng.standard_normal(800) * 1.3
+    stat = np.concatenate([low, high, [np.nan]])
+    base_mean = np.concatenate([np.full(800, 1.0), np.full(800, 50.0), [10.0]])
+    scale = deseq.empirical_null_scale(stat, base_mean, min_genes=400, max_strata=2)
+    assert (scale[:800] == 1.0).all()
+    assert scale[800:1600] == pytest.approx(np.full(800, 1.3), abs=0.08)
+    assert np.unique(scale[800:1600]).size == 1
+    assert scale[-1] == 1.0
+    # a few strong effects do not move the centre's spread
+    stat[800:840] = 12.0
+    again = deseq.empirical_null_scale(stat, base_mean, min_genes=400, max_strata=2)
+    assert again[800] == pytest.approx(scale[800], abs=0.1)
+    # fewer genes than a stratum: one scale for all
+    one = deseq.empirical_null_scale(stat[:300], base_mean[:300])
+    assert np.unique(one).size == 1
+
+
+def lognormal_null(n_donors: int, n_genes: int, sigma: float, seed: int) -> ad.AnnData:
+    """Poisson counts around log-normal donor variation (no age effect), 60 counts per gene."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(20, 90, n_donors).round()
+    sex = rng.choice(["female", "male"], n_donors)
+    base = np.exp(rng.normal(np.log(60.0), 0.5, n_genes))
+    lam = base[None, :] * np.exp(rng.normal(-(sigma**2) / 2, sigma, (n_donors, n_genes)))
+    obs = pd.DataFrame(
+        {"cell_type": "T cell", "donor_id": [f"D{i:03d}" for i in range(n_donors)]}
+    ).assign(age=age, sex=sex, pool="P1", n_cells=30)
+    obs.index = obs["donor_id"].astype(str)
+    for col in ("cell_type", "donor_id", "sex", "pool"):
+        obs[col] = pd.Categorical(obs[col])
+    var = pd.DataFrame(
+        {"feature_name": [f"G{i}" for i in range(n_genes)]},
+        index=[f"ENSG{i:011d}" for i in range(n_genes)],
+    )
+    return ad.AnnData(rng.poisson(lam).astype(np.float32), obs=obs, var=var)
+
+
+def test_empirical_null_corrects_the_spread_of_lognormal_donor_variation():
+    """Log-normal donors: the NB standard errors are too small; empirical rescales them."""
+    adata = lognormal_null(500, 600, 0.7, seed=8)
+    theory, _ = de.differential_expression(adata, **PARAMS, t_test=True)
+    empirical, _ = de.differential_expression(adata, **PARAMS, t_test=True, null="empirical")
+    z0 = theory["stat"].to_numpy()
+    z1 = empirical["stat"].to_numpy()
+    assert np.var(z0) > 1.12  # the misfit this option is for
+    assert 0.9 < np.var(z1) < 1.06
+    ratio = z0 / z1
+    assert (ratio >= 1.0 - 1e-12).all() and ratio.max() > 1.05
+    # the same fit: fold changes unchanged, standard errors widened by the scale
+    pd.testing.assert_series_equal(theory["log2FoldChange"], empirical["log2FoldChange"])
+    np.testing.assert_allclose(empirical["lfcSE"] / theory["lfcSE"], ratio, rtol=1e-9)
+    from scipy.stats import t
+
+    np.testing.assert_allclose(empirical["pvalue"], 2 * t.sf(np.abs(z1), 500 - 3), rtol=1e-9)
+    assert np.mean(empirical["pvalue"] < 0.01) < np.mean(theory["pvalue"] < 0.01)

@@ -153,6 +153,7 @@ class DeParams:
     min_mean_count: float = _f(ge=0.0)
     cell_types: list[str]
     solver: Literal["batched", "pydeseq2"]
+    null_distribution: Literal["theoretical", "empirical"] = "theoretical"
 
     def problem(self) -> tuple[str, str] | None:
         """Return ``(key, what is wrong)`` across keys, or None."""

@@ -77,6 +77,7 @@ def options(params: Any) -> dict[str, Any]:
         "min_mean_count": params.min_mean_count,
         "cell_types": list(params.cell_types),
         "solver": params.solver,
+        "null": params.null_distribution,
     }
 
 
@@ -93,6 +94,7 @@ def differential_expression(
     min_mean_count: float = 0.0,
     cell_types: list[str] | tuple[str, ...] = (),
     solver: str = "batched",
+    null: str = "theoretical",
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, list[CellTypeSummary]]:
     """Test every cell type of a pseudobulk AnnData for genes changing with age.
@@ -114,7 +116,7 @@ def differential_expression(
         A gene is tested in a cell type only where its mean CPM reaches this
         fraction of its highest mean CPM among the cell types
         (:func:`expression_ratio`); 0 tests every gene.
-    min_mu, t_test, solver
+    min_mu, t_test, solver, null
         DESeq2 settings, see :func:`immune_aging.analysis.deseq.age_wald_test`
         (the defaults of the first two are PyDESeq2's).
     min_mean_count
@@ -163,7 +165,7 @@ def differential_expression(
         else:
             jobs.append((counts, metadata, summary))
     symbols = pd.Series(adata.var["feature_name"].astype(str).to_numpy(), index=adata.var_names)
-    options = {"min_mu": min_mu, "t_test": t_test, "solver": solver}
+    options = {"min_mu": min_mu, "t_test": t_test, "solver": solver, "null": null}
     args = [(c, m, s.design, alpha, options) for c, m, s in jobs]
     workers = max(1, min(n_jobs, len(jobs)))
     fitted = map_ordered(deseq.run_one, args, workers, label="cell types fitted")
