@@ -7,8 +7,8 @@ import pytest
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import counts, io
-from immune_aging.analysis import age, pseudobulk, pseudobulk_plots
+from immune_aging import counts, executor, io, selection
+from immune_aging.analysis import age, pseudobulk, pseudobulk_plots, pseudobulk_samples
 from immune_aging.errors import InputError
 from immune_aging.stages import pseudobulk as stage
 
@@ -115,6 +115,28 @@ def test_combine_sums_refuses_different_genes():
     b = pseudobulk.sum_counts(adata[:, :2])
     with pytest.raises(ValueError, match="different genes"):
         pseudobulk.combine_sums([a, b])
+
+
+@pytest.mark.parametrize("max_values", [1, 4, 7, 100])
+def test_sum_batch_in_chunks_equals_sum_of_all(max_values):
+    adata = cells_adata()
+    whole = pseudobulk.sum_counts(adata)
+    batch = pseudobulk_samples.sum_batch(
+        np.arange(adata.n_obs), adata.X, adata.obs, var=adata.var, max_values=max_values
+    )
+    assert list(batch.obs_names) == list(whole.obs_names)
+    np.testing.assert_array_equal(batch.X, whole.X)
+    assert batch.X.dtype == np.float64
+    pd.testing.assert_frame_equal(batch.obs, whole.obs, check_dtype=False)
+    assert list(batch.var.columns) == ["feature_name"]
+
+
+def test_row_chunks_hold_at_most_so_many_values():
+    indptr = np.array([0, 2, 4, 10, 11, 11, 12])  # rows of 2, 2, 6, 1, 0 and 1 values
+    assert pseudobulk_samples._row_chunks(indptr, 4) == [(0, 2), (2, 3), (3, 6)]
+    assert pseudobulk_samples._row_chunks(indptr, 1) == [(0, 1), (1, 2), (2, 3), (3, 5), (5, 6)]
+    assert pseudobulk_samples._row_chunks(indptr, 100) == [(0, 6)]
+    assert pseudobulk_samples._row_chunks(np.array([0]), 4) == [(0, 0)]
 
 
 def test_missing_labels_are_refused():
@@ -326,12 +348,36 @@ def test_stage_blocks_give_the_same_sums(tmp_path, monkeypatch):
     write_inputs(tmp_path)
     code, out = run_stage(tmp_path, monkeypatch)
     assert code == 0
-    whole = io.read_h5ad(out / "pseudobulk.h5ad")
-    monkeypatch.setattr(counts, "BLOCK_VALUES", 4)  # a few cells per block
+    whole = (out / "pseudobulk.h5ad").read_bytes()
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 4)  # a few cells per block read
+    monkeypatch.setattr(pseudobulk_samples, "SUM_VALUES", 4)  # and per sum
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "1")  # one donor per batch
     assert run_stage(tmp_path, monkeypatch)[0] == 0
-    blocks = io.read_h5ad(out / "pseudobulk.h5ad")
-    np.testing.assert_array_equal(blocks.X, whole.X)
-    pd.testing.assert_frame_equal(blocks.obs, whole.obs)
+    assert (out / "pseudobulk.h5ad").read_bytes() == whole
+
+
+def test_stage_output_is_the_same_with_batches_on_dask_workers(tmp_path, monkeypatch, capsys):
+    order = [4, 0, 8, 2, 5, 1, 7, 3, 6]  # the donors' cells interleaved
+    adata = cells_adata()[order].copy()
+    keep = np.ones(len(CELLS), dtype=bool)
+    keep[0] = False  # the one T cell of D2 fails QC: D2 has no T sample
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "4")  # batches: D1; D3 and D2, interleaved
+    outputs = []
+    for scheduler in ("", "local:1", "local:2"):
+        monkeypatch.setenv(executor.SCHEDULER_VAR, scheduler)
+        folder = tmp_path / (scheduler.replace(":", "") or "here")
+        folder.mkdir()
+        write_inputs(folder, adata, keep=keep)
+        code, out = run_stage(folder, monkeypatch, min_cells=1)
+        said = capsys.readouterr().err
+        assert code == 0, said
+        on_dask = "pseudobulk: donor batch: Dask scheduler" in said
+        assert on_dask == bool(scheduler), said
+        outputs.append([(out / n).read_bytes() for n in ("pseudobulk.h5ad", "pseudobulk.json")])
+    assert outputs[0] == outputs[1] == outputs[2]
+    pb = io.read_h5ad(out / "pseudobulk.h5ad")
+    assert list(pb.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D3"]
+    np.testing.assert_array_equal(pb.X, [[6, 1, 1], [3, 0, 7], [1, 1, 2], [4, 3, 1]])
 
 
 def test_stage_reads_the_selected_cells_and_genes_of_the_input(tmp_path, monkeypatch):

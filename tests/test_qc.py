@@ -13,7 +13,7 @@ import scanpy as sc
 from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
-from immune_aging import selection
+from immune_aging import executor, selection
 from immune_aging.analysis import doublets, plots, qc, qc_rules
 from immune_aging.errors import InputError
 from immune_aging.params import load_section
@@ -470,3 +470,22 @@ def test_stage_refuses_a_bad_batch_size(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: qc: IMMUNE_AGING_BATCH_CELLS='many': expected a positive number of cells"
     )
+
+
+def test_stage_output_is_the_same_with_batches_on_dask_workers(tmp_path, monkeypatch, capsys):
+    adata = shuffled_cells()
+    monkeypatch.setenv(selection.BATCH_CELLS_ENV, "150")  # two batches, donors interleaved
+    outputs = []
+    for scheduler in ("", "local:1", "local:2"):
+        monkeypatch.setenv(executor.SCHEDULER_VAR, scheduler)
+        folder = tmp_path / (scheduler.replace(":", "") or "here")
+        folder.mkdir()
+        code, out = run_stage(folder, monkeypatch, adata, thresholds="mad")
+        said = capsys.readouterr().err
+        assert code == 0
+        assert ("qc: QC batch (donor_id): Dask scheduler" in said) == bool(scheduler), said
+        outputs.append(
+            [(out / name).read_bytes() for name in ("cells.parquet", "qc.json")]
+            + [(out / "plots" / n).read_bytes() for n in ("limits.csv", "scrublet_groups.csv")]
+        )
+    assert outputs[0] == outputs[1] == outputs[2]

@@ -36,7 +36,7 @@ OTHER_MACHINE = {
 }
 
 #: the stages whose jobs go through :func:`immune_aging.executor.map_ordered`
-ON_DASK = ("qc", "preprocess", "de", "gsea", "predict")
+ON_DASK = ("qc", "preprocess", "pseudobulk", "de", "gsea", "predict")
 
 
 def metric_files(root: Path) -> list[str]:

@@ -8,7 +8,8 @@
   (:func:`immune_aging.analysis.pseudobulk.censor_rule`), and the 10x pool of most
   of the donor's cells when the pool column is known
   (:func:`immune_aging.analysis.pseudobulk.donor_pools`);
-- :func:`build` sums the counts block by block and builds the samples
+- :func:`sum_batch` sums the counts of a batch of whole donors per (cell type,
+  donor), and :func:`build` adds up the batches' sums and builds the samples
   (:func:`immune_aging.analysis.pseudobulk.make_pseudobulk`), refusing an empty
   result.
 
@@ -17,7 +18,8 @@ Messages name the file the cells came from (``source``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 import anndata as ad
 import numpy as np
@@ -31,6 +33,8 @@ from immune_aging.errors import InputError
 AGE_COLUMNS = ("development_stage", "age")
 #: Cell columns that must have no missing value.
 NOT_MISSING = ("donor_id", "cell_type")
+#: Stored values of a batch's counts summed at a time (:func:`sum_batch`).
+SUM_VALUES = 1 << 23
 
 
 def cells(obs: pd.DataFrame, pool_key: str | None, *, source: str) -> pd.DataFrame:
@@ -117,29 +121,112 @@ def donor_metadata(
     return donors, n_split
 
 
-def build(
-    blocks: Iterable[tuple[np.ndarray, sparse.csr_matrix]],
+def sum_batch(
+    positions: np.ndarray,
+    counts: sparse.csr_matrix,
     obs: pd.DataFrame,
+    *,
     var: pd.DataFrame,
+    max_values: int | None = None,
+) -> ad.AnnData:
+    """Sum the counts of one batch of cells per (cell type, donor).
+
+    The function of one batch of :func:`immune_aging.batches.map_batches` (with
+    ``var`` bound by :func:`functools.partial`): it runs in the stage's process or
+    in a Dask job. The batch is summed :data:`SUM_VALUES` stored values at a time,
+    so that the float64 copy :func:`~immune_aging.analysis.pseudobulk.sum_counts`
+    makes of what it sums stays small; sums of integer counts in float64 are exact,
+    so the result does not depend on it.
+
+    Parameters
+    ----------
+    positions
+        Positions of the batch's cells (unused: ``obs`` holds their rows).
+    counts
+        Their raw counts (cells x ``var``).
+    obs
+        Their ``cell_type`` and ``donor_id``.
+    var
+        The genes, with ``feature_name``.
+    max_values
+        Stored values summed at a time (None: :data:`SUM_VALUES`).
+
+    Returns
+    -------
+    anndata.AnnData
+        :func:`~immune_aging.analysis.pseudobulk.combine_sums` of the batch's
+        sums; ``var`` is ``feature_name``.
+    """
+    counts = sparse.csr_matrix(counts)
+    genes = var[["feature_name"]]
+    chunks = _row_chunks(counts.indptr, SUM_VALUES if max_values is None else max_values)
+    parts = (
+        pseudobulk.sum_counts(ad.AnnData(X=counts[lo:hi], obs=obs.iloc[lo:hi], var=genes))
+        for lo, hi in chunks
+    )
+    return pseudobulk.combine_sums(parts)
+
+
+def batch_work(
+    kept: pd.DataFrame, var: pd.DataFrame
+) -> tuple[Callable[..., ad.AnnData], np.ndarray, Callable[[np.ndarray], pd.DataFrame]]:
+    """Return what summing the kept cells a batch of whole donors at a time needs.
+
+    The arguments of :func:`immune_aging.batches.map_batches`.
+
+    Parameters
+    ----------
+    kept
+        The kept cells (:func:`cells`), with ``cell_type`` and ``donor_id``.
+    var
+        The genes of the counts, with ``feature_name``.
+
+    Returns
+    -------
+    tuple
+        ``(fn, labels, extra)``: :func:`sum_batch` with ``var`` bound, the donor
+        of each kept cell (the groups of the batches), and the function giving a
+        batch's ``cell_type`` and ``donor_id`` rows from its positions (sent along
+        with the batch).
+    """
+    rows = kept[["cell_type", "donor_id"]]
+    fn = functools.partial(sum_batch, var=var[["feature_name"]])
+    return fn, rows["donor_id"].to_numpy(), lambda positions: rows.iloc[positions]
+
+
+def _row_chunks(indptr: np.ndarray, max_values: int) -> list[tuple[int, int]]:
+    """Split rows into consecutive ``(start, stop)`` of at most ``max_values`` stored values.
+
+    A row with more values than that is a chunk of its own; no rows: one empty chunk.
+    """
+    n_rows = len(indptr) - 1
+    chunks, start = [], 0
+    while start < n_rows:
+        stop = int(np.searchsorted(indptr, indptr[start] + max_values, side="right")) - 1
+        stop = min(max(stop, start + 1), n_rows)
+        chunks.append((start, stop))
+        start = stop
+    return chunks or [(0, 0)]
+
+
+def build(
+    parts: Iterable[ad.AnnData],
     donors: pd.DataFrame,
     *,
     min_cells: int,
     min_samples_per_cell_type: int,
     source: str,
 ) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Sum the counts block by block and build the samples.
+    """Add up the batches' sums and build the samples.
 
-    Only one block and its sums are in memory at a time.
+    The parts are folded in as they come (a generator is never held whole), so
+    only the running sums and one part are in memory.
 
     Parameters
     ----------
-    blocks
-        ``(positions, counts)``: positions of a block's cells in ``obs`` and their
-        raw counts (cells x ``var``); every cell in one block.
-    obs
-        The cells (:func:`cells`).
-    var
-        The genes, with ``feature_name``.
+    parts
+        :func:`sum_batch` of disjoint batches of the kept cells, every kept cell
+        in one.
     donors
         Output of :func:`donor_metadata`.
     min_cells, min_samples_per_cell_type
@@ -157,11 +244,6 @@ def build(
     InputError
         If no cell type keeps ``min_samples_per_cell_type`` samples.
     """
-    genes = var[["feature_name"]].copy()
-    parts = (
-        pseudobulk.sum_counts(ad.AnnData(X=block, obs=obs.iloc[positions], var=genes))
-        for positions, block in blocks
-    )
     pb, report = pseudobulk.make_pseudobulk(
         parts, donors, min_cells=min_cells, min_samples_per_cell_type=min_samples_per_cell_type
     )

@@ -11,9 +11,10 @@ Order of operations, per cell:
 3. Doublets with Scrublet per group, on the cells that passed every threshold
    rule (:mod:`immune_aging.analysis.doublets`).
 
-Every step is per cell or per group, so :func:`qc_batches` runs them on batches
-of whole groups (the counts of one batch in memory at a time) with the same
-result as :func:`qc_cells` on all cells at once.
+Every step is per cell or per group, so :func:`qc_batch` runs them on a batch of
+whole groups (the counts of one batch in memory at a time; here or in a Dask job,
+:func:`immune_aging.batches.map_batches`) and :func:`combine_batches` folds the
+batches into the same result as :func:`qc_cells` on all cells at once.
 """
 
 from __future__ import annotations
@@ -268,6 +269,99 @@ def qc_cells(
     return qc_table(metrics, fails, cells), fails, limits, scrublet_groups
 
 
+def qc_batch(
+    positions: np.ndarray,
+    counts: Any,
+    obs: pd.DataFrame,
+    *,
+    var: pd.DataFrame,
+    group_key: str,
+    **kwargs: Any,
+) -> tuple[np.ndarray, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """Run :func:`qc_cells` on one batch of whole groups.
+
+    The function of one batch of :func:`immune_aging.batches.map_batches` (with the
+    settings bound by :func:`functools.partial`): it runs in the stage's process or
+    in a Dask job, and its results are folded by :func:`combine_batches`.
+
+    Parameters
+    ----------
+    positions
+        Ascending positions of the batch's cells among all cells.
+    counts
+        Their raw counts (cells x ``var``).
+    obs
+        Their annotations (index: cell IDs), with ``group_key``.
+    var
+        Genes of the counts, with ``feature_name``.
+    group_key
+        obs column of the groups.
+    **kwargs
+        The other arguments of :func:`qc_cells`.
+
+    Returns
+    -------
+    tuple
+        ``(positions, result)``: the positions, and :func:`qc_cells` of the batch.
+    """
+    adata = ad.AnnData(X=counts, obs=obs, var=var)
+    return np.asarray(positions), qc_cells(adata, group_key=group_key, **kwargs)
+
+
+def combine_batches(
+    results: Iterable[tuple[np.ndarray, tuple[pd.DataFrame, ...]]], *, labels: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fold the :func:`qc_batch` results of batches of whole groups, in batch order.
+
+    Metrics and threshold rules are per cell and per group, and Scrublet runs per
+    group, so the result is the same as :func:`qc_cells` on all cells at once.
+    Only the per-cell tables of the batches are held, never their counts.
+
+    Parameters
+    ----------
+    results
+        :func:`qc_batch` of each batch. Every group's cells are in one batch;
+        every cell is in exactly one.
+    labels
+        Group of every cell (compared as strings).
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        As :func:`qc_cells`: cells in the order of ``labels``, groups and limits
+        sorted by group.
+
+    Raises
+    ------
+    ValueError
+        If the batches split a group or do not cover every cell exactly once.
+    """
+    labels = pd.Series(np.asarray(labels)).astype(str).to_numpy()
+    parts: list[tuple[pd.DataFrame, ...]] = []
+    where: list[np.ndarray] = []
+    for positions, part in results:
+        parts.append(part)
+        where.append(positions)
+    order = np.concatenate(where) if where else np.zeros(0, dtype=np.int64)
+    if len(order) != len(labels) or not np.array_equal(np.sort(order), np.arange(len(labels))):
+        raise ValueError(f"the batches hold {len(order)} cells, not each of {len(labels)} once")
+    seen = [set(labels[p]) for p in where]
+    if sum(len(s) for s in seen) != len(set().union(*seen)):
+        raise ValueError("a group is split between batches")
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    table = pd.concat([p[0] for p in parts]).iloc[inverse]
+    fails = pd.concat([p[1] for p in parts]).iloc[inverse]
+    if list(parts[0][2].index) == ["all"]:  # fixed limits: the same in every batch
+        limits = parts[0][2]
+    else:
+        limits = pd.concat([p[2] for p in parts])
+        limits = limits.iloc[np.argsort(limits.index.to_numpy().astype(str), kind="stable")]
+    groups = pd.concat([p[3] for p in parts], ignore_index=True)
+    groups = groups.iloc[np.argsort(groups["group"].to_numpy().astype(str), kind="stable")]
+    return table, fails, limits, groups.reset_index(drop=True)
+
+
 def qc_batches(
     batches: Iterable[tuple[np.ndarray, Any]],
     *,
@@ -276,11 +370,7 @@ def qc_batches(
     group_key: str,
     **kwargs: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Run :func:`qc_cells` batch by batch, each batch a set of whole groups.
-
-    Metrics and threshold rules are per cell and per group, and Scrublet runs per
-    group, so the result is the same as :func:`qc_cells` on all cells at once;
-    only one batch's counts are held at a time.
+    """Run :func:`qc_batch` on each batch in turn and fold them (:func:`combine_batches`).
 
     Parameters
     ----------
@@ -300,37 +390,10 @@ def qc_batches(
     Returns
     -------
     tuple of pandas.DataFrame
-        As :func:`qc_cells`: cells in ``obs`` order, groups and limits sorted by
-        group.
-
-    Raises
-    ------
-    ValueError
-        If the batches split a group or do not cover every cell exactly once.
+        As :func:`combine_batches`.
     """
-    labels = pd.Series(obs[group_key]).astype(str).to_numpy()
-    parts: list[tuple[pd.DataFrame, ...]] = []
-    where: list[np.ndarray] = []
-    for positions, counts in batches:
-        positions = np.asarray(positions)
-        adata = ad.AnnData(X=counts, obs=obs.iloc[positions], var=var)
-        parts.append(qc_cells(adata, group_key=group_key, **kwargs))
-        where.append(positions)
-    order = np.concatenate(where) if where else np.zeros(0, dtype=np.int64)
-    if len(order) != len(obs) or not np.array_equal(np.sort(order), np.arange(len(obs))):
-        raise ValueError(f"the batches hold {len(order)} cells, not each of {len(obs)} once")
-    seen = [set(labels[p]) for p in where]
-    if sum(len(s) for s in seen) != len(set().union(*seen)):
-        raise ValueError("a group is split between batches")
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = np.arange(len(order))
-    table = pd.concat([p[0] for p in parts]).iloc[inverse]
-    fails = pd.concat([p[1] for p in parts]).iloc[inverse]
-    if list(parts[0][2].index) == ["all"]:  # fixed limits: the same in every batch
-        limits = parts[0][2]
-    else:
-        limits = pd.concat([p[2] for p in parts])
-        limits = limits.iloc[np.argsort(limits.index.to_numpy().astype(str), kind="stable")]
-    groups = pd.concat([p[3] for p in parts], ignore_index=True)
-    groups = groups.iloc[np.argsort(groups["group"].to_numpy().astype(str), kind="stable")]
-    return table, fails, limits, groups.reset_index(drop=True)
+    results = (
+        qc_batch(p, c, obs.iloc[np.asarray(p)], var=var, group_key=group_key, **kwargs)
+        for p, c in batches
+    )
+    return combine_batches(results, labels=obs[group_key].to_numpy())

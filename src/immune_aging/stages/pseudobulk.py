@@ -1,12 +1,10 @@
 """Stage ``pseudobulk``: raw counts summed per (cell type, donor) over the kept cells.
 
-Reads the ``filter`` stage's selection and the QC table ``cells.parquet``,
-streams the kept cells' raw counts from the input file in blocks
-(:meth:`immune_aging.selection.Selection.blocks`) and adds up their sums per (cell
-type, donor), so memory stays about one block plus the result. Samples with too few
-cells, then cell types with too few samples, are dropped; donor metadata (sex,
-development stage, the age read from it under the censored-age rule, and the
-10x pool when ``pool_key`` names a column) is carried onto every sample.
+Sums the kept cells' raw counts (the ``filter`` stage's selection, ``keep`` of the ``qc``
+stage's ``cells.parquet``) per (cell type, donor), a batch of whole donors at a time, here or
+as Dask jobs (:func:`immune_aging.batches.map_batches`): memory is one batch plus the result.
+Samples with too few cells, then cell types with too few samples, are dropped; donor metadata
+(sex, development stage, age under the censored-age rule, 10x pool) goes onto every sample.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from immune_aging import cell_tables, io, provenance, selection, stage
+from immune_aging import batches, cell_tables, io, provenance, selection, stage
 from immune_aging.analysis import pseudobulk, pseudobulk_samples
 from immune_aging.params import PseudobulkParams, as_dict
 
@@ -36,17 +34,18 @@ def body(args, params: PseudobulkParams) -> None:
     source = str(args.selection)
     obs = pseudobulk_samples.cells(chosen.obs, params.pool_key, source=source)
     keep = cell_tables.read_keep(args.cells, chosen.obs_names, args.selection)
+    kept = obs[keep]
     donors, n_split = pseudobulk_samples.donor_metadata(
-        obs[keep],
+        kept,
         age_80_and_over=params.age_80_and_over,
         censored_age=params.censored_age,
         pool_key=params.pool_key,
         source=source,
     )
+    sums, labels, rows = pseudobulk_samples.batch_work(kept, chosen.var)
+    parts = batches.map_batches(chosen, sums, labels, keep=keep, extra=rows, label="donor batch")
     pb, report = pseudobulk_samples.build(
-        chosen.blocks(keep),
-        obs,
-        chosen.var,
+        parts,
         donors,
         min_cells=params.min_cells,
         min_samples_per_cell_type=params.min_samples_per_cell_type,

@@ -1,22 +1,20 @@
 """Stage ``qc``: per-cell QC metrics, threshold rules and Scrublet doublets.
 
 Reads the raw counts of the cells and genes the ``filter`` stage selected from
-the input file (:func:`immune_aging.selection.read_selection`), and writes a per-cell
-table (``cells.parquet``), not a copy of the count matrix: later stages read the
-counts through the selection and keep the cells whose ``keep`` is true. The
-counts are read a batch of whole groups (``qc.pool_key`` or donors) at a time,
-at most :data:`immune_aging.selection.BATCH_CELLS` cells unless one group has more
-(:func:`immune_aging.analysis.qc.qc_batches`), so memory is one batch's counts
-plus the per-cell table. The method is described in :mod:`immune_aging.analysis.qc` and
-:mod:`immune_aging.analysis.doublets`.
+the input file (:func:`immune_aging.selection.read_selection`) a batch of whole
+groups (``qc.pool_key`` or donors; :data:`~immune_aging.selection.BATCH_CELLS` cells
+at most unless one group has more) at a time, here or as Dask jobs
+(:func:`immune_aging.batches.map_batches`), and writes a per-cell table, not the
+counts. Method: :mod:`immune_aging.analysis.qc`, :mod:`immune_aging.analysis.doublets`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
-from immune_aging import io, selection, stage
+from immune_aging import batches, io, selection, stage
 from immune_aging.analysis import qc, qc_plots, qc_rules
 from immune_aging.params import QcParams
 from immune_aging.threads import n_threads
@@ -39,9 +37,8 @@ def body(args, params: QcParams) -> None:
     hint = " (qc.pool_key)" if params.pool_key else ""
     stage.require(chosen, args.selection, hint=hint, obs=[group_key])
     labels = chosen.obs[group_key].astype(str).to_numpy()
-    table, _, limits, scrublet_groups = qc.qc_batches(
-        chosen.read_batches(labels, label=f"QC batch ({group_key})"),
-        obs=chosen.obs,
+    one_batch = functools.partial(
+        qc.qc_batch,
         var=chosen.var,
         group_key=group_key,
         rules=qc_rules.Rules.of(params),
@@ -50,6 +47,11 @@ def body(args, params: QcParams) -> None:
         seed=params.seed,
         n_jobs=n_threads(),
     )
+    groups = chosen.obs[[group_key]]  # a batch's rows of it travel with the batch
+    results = batches.map_batches(
+        chosen, one_batch, labels, extra=lambda p: groups.iloc[p], label=f"QC batch ({group_key})"
+    )
+    table, _, limits, scrublet_groups = qc.combine_batches(results, labels=labels)
     with stage.about(args.selection):
         summary = qc.summary(
             table, scrublet_groups, limits, thresholds=params.thresholds, group_key=group_key
@@ -66,11 +68,9 @@ def body(args, params: QcParams) -> None:
         limits.to_csv(plots / "limits.csv")
         io.save_figures(figures, plots)
     log.info(
-        "%d of %d cells kept; %d doublets; %d groups not scored",
-        summary["cells_kept"],
-        summary["cells_in"],
-        summary["doublets_found"],
-        summary["groups_not_scored"],
+        "%(cells_kept)d of %(cells_in)d cells kept; %(doublets_found)d doublets; "
+        "%(groups_not_scored)d groups not scored",
+        summary,
     )
 
 
