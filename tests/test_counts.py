@@ -132,7 +132,7 @@ def write_selection(tmp_path, source, keep, genes, location="X"):
     return tmp_path / "selection.h5ad"
 
 
-def test_read_selection_reads_the_source_counts(tmp_path, monkeypatch):
+def test_read_selection_reads_the_source_counts(tmp_path):
     source = write(tmp_path)
     path = write_selection(tmp_path, source, [1, 0, 1, 1], [1, 0, 1, 1])
     chosen = selection.read_selection(path, source)
@@ -142,13 +142,6 @@ def test_read_selection_reads_the_source_counts(tmp_path, monkeypatch):
     np.testing.assert_array_equal(chosen.read().toarray(), X[[0, 2, 3]][:, [0, 2, 3]])
     subset = np.array([False, True, True])
     np.testing.assert_array_equal(chosen.read(subset).toarray(), X[[2, 3]][:, [0, 2, 3]])
-    monkeypatch.setattr(counts, "BLOCK_VALUES", 1)
-    blocks = list(chosen.blocks(subset))
-    assert [b[0].tolist() for b in blocks] == [[1], [2]]  # positions in the selection
-    assert all(b[1].dtype == np.float32 for b in blocks)
-    np.testing.assert_array_equal(
-        sparse.vstack([b[1] for b in blocks]).toarray(), X[[2, 3]][:, [0, 2, 3]]
-    )
 
 
 def test_read_selection_reads_raw_x(tmp_path):

@@ -3,8 +3,9 @@
 - :func:`read_selection` reads the selection (the kept cells' rows and genes'
   columns in the input), checks it against the input, and returns a
   :class:`Selection` that reads the input's counts through it: all at once
-  (:meth:`Selection.read`), block by block (:meth:`Selection.blocks`) or a batch
-  of whole groups of cells at a time (:meth:`Selection.read_batches`);
+  (:meth:`Selection.read`) or a batch of whole groups of cells at a time
+  (:meth:`Selection.read_batches`; :mod:`immune_aging.batches` sends the batches to
+  a cluster's workers);
 - :func:`group_batches` splits cells into batches of whole groups (donors,
   pools) of at most :func:`batch_cells` cells.
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from immune_aging.counts import kept_blocks, matrix_shape, node_key, read_counts
+from immune_aging.counts import matrix_shape, node_key, read_counts
 from immune_aging.errors import InputError
 from immune_aging.guard import reading
 from immune_aging.threads import positive_from_env
@@ -111,7 +112,7 @@ class Selection:
     """The cells and genes the ``filter`` stage kept, matched with the input file.
 
     Made by :func:`read_selection`; the counts stay in the input file and are read
-    through :meth:`read` and :meth:`blocks`.
+    through :meth:`read` and :meth:`read_batches`.
 
     Attributes
     ----------
@@ -272,30 +273,6 @@ class Selection:
                 time.perf_counter() - start,
             )
             yield positions, counts
-
-    def blocks(
-        self, keep: np.ndarray | None = None
-    ) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
-        """Stream the raw counts of the kept cells (or a subset), one block at a time.
-
-        Parameters
-        ----------
-        keep
-            Boolean mask over the selection's cells (None: all of them).
-
-        Yields
-        ------
-        tuple
-            ``(positions, counts)``: positions of the block's cells in ``obs`` and
-            their float32 CSR counts over the selection's genes.
-        """
-        for block in kept_blocks(
-            self.source, self.location, self.row_mask(keep), genes=self.gene_mask()
-        ):
-            counts = block.counts
-            if counts.dtype != np.float32:
-                counts = counts.astype(np.float32)
-            yield np.searchsorted(self.rows, block.rows), counts
 
 
 def _positions(values: Any, n: int, what: str, path: Path) -> np.ndarray:
