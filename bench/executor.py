@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "--append", action="store_true", help="add these rounds to the runs in executor.json"
     )
     args = p.parse_args(argv)
+    args.project = args.project.resolve()  # the stages run inside it: no relative paths
     stages = yaml.safe_load((args.project / "dvc.yaml").read_text())["stages"]
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     runs: list[dict[str, Any]] = []
