@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 from tests.test_counts import X, write, write_selection
 
 from immune_aging import batches, executor, selection
@@ -54,3 +60,57 @@ def test_a_map_inside_a_dask_job_runs_in_the_job_s_process(monkeypatch):
     [(in_task, pids, worker)] = executor.map_ordered(inner_pids, [3])
     assert in_task and pids == [worker] * 3 and worker != os.getpid()
     assert not executor.in_task()
+
+
+@pytest.fixture
+def external_scheduler(tmp_path):
+    """A Dask scheduler and one worker started as their own processes, as on a cluster."""
+    bin_dir = Path(sys.executable).parent
+    info = tmp_path / "scheduler.json"
+    here = Path(__file__).resolve().parent  # the worker imports this module's job functions
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
+    common = {
+        "cwd": tmp_path,
+        "env": env,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+    }
+    procs = [
+        subprocess.Popen(
+            [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", info],
+            **common,
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not info.is_file() or not info.read_text().strip():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        procs.append(
+            subprocess.Popen(
+                [bin_dir / "dask", "worker", "--scheduler-file", info, "--nthreads", "1",
+                 "--nworkers", "1", "--no-dashboard"],
+                **common,
+            )
+        )  # fmt: skip
+        yield json.loads(info.read_text())["address"]
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_batches_on_a_running_scheduler_s_worker(tmp_path, monkeypatch, external_scheduler):
+    # IMMUNE_AGING_SCHEDULER=tcp://HOST:PORT: the stage connects to a scheduler that runs
+    # elsewhere, whose worker reads the batches from the (shared) input path itself
+    source = write(tmp_path)
+    path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
+    chosen = selection.read_selection(path, source)
+    keep = np.array([True, False, True, True])
+    labels = np.array(["x", "y", "x"])
+    here = run(monkeypatch, None, chosen, labels, keep)
+    assert external_scheduler.startswith("tcp://127.0.0.1:")
+    assert run(monkeypatch, external_scheduler, chosen, labels, keep) == here
+    [(in_task, pids, worker)] = executor.map_ordered(inner_pids, [2])
+    assert in_task and pids == [worker] * 2 and worker != os.getpid()
