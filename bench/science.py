@@ -107,6 +107,18 @@ NULL_VARIANTS = (
     "null_empirical",
     "null_pool_empirical",
 )
+#: The DE settings with their null twins: covariates [sex] or [sex, pool], theoretical
+#: or empirical null.
+_DE_GRID = (
+    "base",
+    "null",
+    "pool",
+    "null_pool",
+    "empirical",
+    "null_empirical",
+    "pool_empirical",
+    "null_pool_empirical",
+)
 #: The study: (scenario, seeds, variants).
 STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("base", "permuted", "null")),
@@ -115,10 +127,10 @@ STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("null_pool",)),
     ("n981", (1, 2, 3, 4, 5), ("pool_empirical", "null_pool_empirical")),
     ("n981", (1, 2, 3, 4, 5), ("empirical", "null_empirical")),
-    ("n200", (1, 2, 3), ("base", "pool", "null", "censor_drop", "censor_85", "seed_filter")),
-    ("n200", (1, 2, 3), ("pool_empirical", "null_pool_empirical")),
-    ("n48", (1, 2, 3), ("base", "null", "seed_filter")),
-    ("n48", (1, 2, 3), ("pool_empirical", "null_pool_empirical")),
+    ("n200", (1, 2, 3, 4, 5), _DE_GRID),
+    ("n200", (1, 2, 3), ("censor_drop", "censor_85", "seed_filter")),
+    ("n48", (1, 2, 3, 4, 5), _DE_GRID),
+    ("n48", (1, 2, 3), ("seed_filter",)),
 )
 #: Stages run by a variant, and the upstream folders it takes from the base run.
 STAGES = {
