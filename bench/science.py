@@ -107,6 +107,18 @@ NULL_VARIANTS = (
     "null_empirical",
     "null_pool_empirical",
 )
+#: The DE settings with their null twins: covariates [sex] or [sex, pool], theoretical
+#: or empirical null.
+_DE_GRID = (
+    "base",
+    "null",
+    "pool",
+    "null_pool",
+    "empirical",
+    "null_empirical",
+    "pool_empirical",
+    "null_pool_empirical",
+)
 #: The study: (scenario, seeds, variants).
 STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("base", "permuted", "null")),
@@ -115,8 +127,10 @@ STUDY = (
     ("n981", (1, 2, 3, 4, 5), ("null_pool",)),
     ("n981", (1, 2, 3, 4, 5), ("pool_empirical", "null_pool_empirical")),
     ("n981", (1, 2, 3, 4, 5), ("empirical", "null_empirical")),
-    ("n200", (1, 2, 3), ("base", "pool", "null", "censor_drop", "censor_85", "seed_filter")),
-    ("n48", (1, 2, 3), ("base", "null", "seed_filter")),
+    ("n200", (1, 2, 3, 4, 5), _DE_GRID),
+    ("n200", (1, 2, 3), ("censor_drop", "censor_85", "seed_filter")),
+    ("n48", (1, 2, 3, 4, 5), _DE_GRID),
+    ("n48", (1, 2, 3), ("seed_filter",)),
 )
 #: Stages run by a variant, and the upstream folders it takes from the base run.
 STAGES = {
@@ -503,7 +517,10 @@ def summarise(scratch: Path, results: Path, *, machine: str) -> dict[str, Any]:
     for r in runs:
         by.setdefault((r["scenario"], r["variant"]), []).append(r)
     summary: dict[str, Any] = {"alpha": ALPHA, "machine": machine, "scenarios": {}}
-    for (scenario, variant), rs in sorted(by.items()):
+    order = list(SCENARIOS)
+    for (scenario, variant), rs in sorted(
+        by.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])
+    ):
         entry: dict[str, Any] = {
             "seeds": [r["seed"] for r in rs],
             "sizes": SCENARIOS[scenario],
@@ -631,7 +648,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "A trial is one (run, tested cell type); under the null the chance that BH at alpha",
         "calls anything in a trial is at most alpha. `permuted`: the base pseudobulk with",
         "ages permuted across donors; `null`: the same design simulated with",
-        "`age_effect_scale: 0`; `*_pool`: the same with `de.covariates: [sex, pool]`.",
+        "`age_effect_scale: 0`; `*_pool`: the same with `de.covariates: [sex, pool]`;",
+        "`*_empirical`: the same with `de.null_distribution: empirical`.",
         "",
         "| scenario | variant | runs | trials | trials with a discovery | rate (95 % CI) |"
         " discoveries |",
@@ -763,33 +781,42 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(15, 5))
     ax1, ax2, ax3 = fig.subplots(1, 3)
     sc = summary["scenarios"]
-    for scenario, variants in sc.items():
-        e = variants.get("base")
-        if not e:
-            continue
-        table = pd.DataFrame(e["recall_by_effect"])
-        ax1.plot(table["bin"], table["recall"], marker="o", label=scenario)
+    for i, (scenario, variants) in enumerate(sc.items()):
+        for variant, style in (("base", "-"), ("pool_empirical", "--")):
+            e = variants.get(variant)
+            if not e:
+                continue
+            table = pd.DataFrame(e["recall_by_effect"])
+            donors = SCENARIOS[scenario]["n_donors"]
+            ax1.plot(
+                table["bin"],
+                table["recall"],
+                marker="o",
+                linestyle=style,
+                color=f"C{i}",
+                label=f"{donors} donors, {variant} ({len(e['seeds'])} seeds)",
+            )
     ax1.set_xlabel("planted |log2 FC per decade|")
     ax1.set_ylabel("DE recall (padj < alpha, right sign)")
     ax1.set_ylim(0, 1)
-    ax1.legend(fontsize=8)
-    ax1.set_title("Power by effect size")
+    ax1.legend(fontsize=7)
+    ax1.set_title("Power by effect size (dashed: pool covariate, empirical null)", fontsize=9)
     labels, values = [], []
     for scenario, variants in sc.items():
         for variant in ("base", "pool", "empirical", "pool_empirical", "censor_drop", "censor_85"):
             e = variants.get(variant)
             if e and "fdr" in e:
                 for v in e["fdr"].get("values", []):
-                    labels.append(f"{scenario}\n{variant}")
+                    labels.append(f"{scenario} {variant}")
                     values.append(v)
     if values:
         names = list(dict.fromkeys(labels))
         xs = [names.index(lbl) for lbl in labels]
         ax2.scatter(xs, values, color="tab:blue")
-        ax2.set_xticks(range(len(names)), names, fontsize=6, rotation=45)
+        ax2.set_xticks(range(len(names)), names, fontsize=6, rotation=45, ha="right")
     ax2.axhline(summary["alpha"], color="tab:red", linestyle="--", label="nominal alpha")
     ax2.set_ylabel("observed FDR (per seed)")
     ax2.legend(fontsize=8)
@@ -799,13 +826,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         for variant in NULL_VARIANTS:
             e = variants.get(variant)
             if e and "null" in e and e["null"]["trials"]:
-                names.append(f"{scenario}\n{variant}")
+                names.append(f"{scenario} {variant}")
                 rates.append(e["null"]["rate"])
                 lows.append(e["null"]["rate"] - e["null"]["ci95"][0])
                 highs.append(e["null"]["ci95"][1] - e["null"]["rate"])
     if names:
         ax3.errorbar(range(len(names)), rates, yerr=[lows, highs], fmt="o")
-        ax3.set_xticks(range(len(names)), names, fontsize=7)
+        ax3.set_xticks(range(len(names)), names, fontsize=6, rotation=45, ha="right")
     ax3.axhline(summary["alpha"], color="tab:red", linestyle="--")
     ax3.set_ylabel("share of (run, cell type) with any discovery")
     ax3.set_title("Calibration: null runs (95 % CI)")
