@@ -70,6 +70,19 @@ def digest(root: Path, names: list[str]) -> str:
     return h.hexdigest()
 
 
+def maps(stderr: str) -> tuple[int, float | None, list[str]]:
+    """Jobs, seconds and labels of every map of the executor a stage's log reports.
+
+    Each map's last progress line (``label: n of n done, S s``) counts once; the
+    reading progress of the stage's own process (``rows read``) is not a map.
+    """
+    done = [m for m in DONE.finditer(stderr) if not m["label"].endswith("rows read")]
+    if not done:
+        return 0, None, []
+    labels = list(dict.fromkeys(m["label"] for m in done))
+    return sum(int(m["n"]) for m in done), float(sum(int(m["s"]) for m in done)), labels
+
+
 def run_stage(project: Path, stage: str, spec: dict[str, Any], scheduler: str) -> dict[str, Any]:
     """Run one stage once under ``scheduler`` ('' for local processes); return its record."""
     env = dict(os.environ)
@@ -90,15 +103,13 @@ def run_stage(project: Path, stage: str, spec: dict[str, Any], scheduler: str) -
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()[0]
     tag = (scheduler or "local").replace(":", "")
-    (project / "logs" / f"executor-{stage}-{tag}-{time.strftime('%H%M%S')}.log").write_text(
-        proc.stderr
-    )
+    log_file = project / "logs" / f"executor-{stage}-{tag}-{time.strftime('%H%M%S')}.log"
+    log_file.write_text(proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"{stage} under {scheduler or 'local'} failed:\n{proc.stderr}")
     record = json.loads(log.read_text().splitlines()[before])
-    done = list(DONE.finditer(proc.stderr))
     ready = READY.search(proc.stderr)
-    map_s = float(done[-1]["s"]) if done else None
+    jobs, map_s, labels = maps(proc.stderr)
     return {
         "stage": stage,
         "executor": scheduler or "local processes",
@@ -106,9 +117,10 @@ def run_stage(project: Path, stage: str, spec: dict[str, Any], scheduler: str) -
         "process_wall_s": round(wall, 1),
         "cpu_s": record.get("cpu_s"),
         "peak_mb": record["peak_mb"],
-        "map_label": done[-1]["label"] if done else None,
-        "map_jobs": int(done[-1]["n"]) if done else 0,
+        "map_label": "; ".join(labels) or None,
+        "map_jobs": jobs,
         "map_s": map_s,
+        "log": str(log_file.relative_to(project)),
         "map_share": round(map_s / record["seconds"], 2) if map_s is not None else None,
         "cluster_start_s": float(ready["s"]) if ready else None,
         "worker_threads": int(ready["threads"]) if ready else None,
@@ -150,8 +162,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Written by `python bench/executor.py` ({result['date']}) into `executor.json`.",
         f"Input: `{result['project']}` ({result['cells']} cells after `filter`,"
-        f" {result['donors']} donors), the outputs of `bench/scale.py --donors 39"
-        " --until pseudobulk`.",
+        f" {result['donors']} donors), a project left by `bench/scale.py --keep`.",
+        "",
+        "`jobs` and `map s`: every map of the executor in the stage (each map's last"
+        " progress line: its jobs and seconds, summed), so `map share` is the part of the"
+        " stage's time spent in jobs, the part a cluster spreads over its workers. On local"
+        " processes the batches are read and worked on in the stage's own process (not a"
+        " map); its maps are Scrublet's groups within each batch and the per-cell-type"
+        " fits.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, {m['platform']},"
         f" Python {m['python']}; `IMMUNE_AGING_THREADS={m['threads']}`. Packages: "
