@@ -41,25 +41,16 @@ def run(monkeypatch, scheduler, chosen, labels, keep):
     )
 
 
-def test_batches_give_the_same_results_here_and_on_dask_workers(tmp_path, monkeypatch):
+def test_batches_of_whole_groups_are_read_and_worked_on_here(tmp_path, monkeypatch):
     source = write(tmp_path)
     path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
     chosen = selection.read_selection(path, source)
     keep = np.array([True, False, True, True])
     labels = np.array(["x", "y", "x"])  # of the kept cells a, c, d: x not contiguous
-    here = run(monkeypatch, None, chosen, labels, keep)
-    assert here == [
+    assert run(monkeypatch, None, chosen, labels, keep) == [
         ([0, 2], X[[0, 3]][:, [0, 2, 3]].sum(axis=0).tolist(), "batch of 2"),
         ([1], X[[2]][:, [0, 2, 3]].sum(axis=0).tolist(), "batch of 1"),
     ]
-    assert run(monkeypatch, "local:1", chosen, labels, keep) == here
-
-
-def test_a_map_inside_a_dask_job_runs_in_the_job_s_process(monkeypatch):
-    monkeypatch.setenv(executor.SCHEDULER_VAR, "local:1")
-    [(in_task, pids, worker)] = executor.map_ordered(inner_pids, [3])
-    assert in_task and pids == [worker] * 3 and worker != os.getpid()
-    assert not executor.in_task()
 
 
 @pytest.fixture
@@ -103,7 +94,9 @@ def external_scheduler(tmp_path):
 
 def test_batches_on_a_running_scheduler_s_worker(tmp_path, monkeypatch, external_scheduler):
     # IMMUNE_AGING_SCHEDULER=tcp://HOST:PORT: the stage connects to a scheduler that runs
-    # elsewhere, whose worker reads the batches from the (shared) input path itself
+    # elsewhere, whose worker reads the batches from the (shared) input path itself and
+    # gives the results of this process's own reading; a map inside a job runs in the
+    # job's process (local:N clusters are tested by the stages' tests)
     source = write(tmp_path)
     path = write_selection(tmp_path, source, [1, 1, 1, 1], [1, 0, 1, 1])
     chosen = selection.read_selection(path, source)
@@ -114,3 +107,4 @@ def test_batches_on_a_running_scheduler_s_worker(tmp_path, monkeypatch, external
     assert run(monkeypatch, external_scheduler, chosen, labels, keep) == here
     [(in_task, pids, worker)] = executor.map_ordered(inner_pids, [2])
     assert in_task and pids == [worker] * 2 and worker != os.getpid()
+    assert not executor.in_task()

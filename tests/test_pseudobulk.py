@@ -363,7 +363,7 @@ def test_stage_output_is_the_same_with_batches_on_dask_workers(tmp_path, monkeyp
     keep[0] = False  # the one T cell of D2 fails QC: D2 has no T sample
     monkeypatch.setenv(selection.BATCH_CELLS_ENV, "4")  # batches: D1; D3 and D2, interleaved
     outputs = []
-    for scheduler in ("", "local:1", "local:2"):
+    for scheduler in ("", "local:2"):
         monkeypatch.setenv(executor.SCHEDULER_VAR, scheduler)
         folder = tmp_path / (scheduler.replace(":", "") or "here")
         folder.mkdir()
@@ -374,7 +374,7 @@ def test_stage_output_is_the_same_with_batches_on_dask_workers(tmp_path, monkeyp
         on_dask = "pseudobulk: donor batch: Dask scheduler" in said
         assert on_dask == bool(scheduler), said
         outputs.append([(out / n).read_bytes() for n in ("pseudobulk.h5ad", "pseudobulk.json")])
-    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0] == outputs[1]
     pb = io.read_h5ad(out / "pseudobulk.h5ad")
     assert list(pb.obs_names) == ["B|D1", "B|D2", "T|D1", "T|D3"]
     np.testing.assert_array_equal(pb.X, [[6, 1, 1], [3, 0, 7], [1, 1, 2], [4, 3, 1]])
