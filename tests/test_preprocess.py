@@ -13,7 +13,7 @@ from scipy import sparse
 from tests.builders import tiny_params, write_params, write_selected
 
 from immune_aging import executor, io, selection
-from immune_aging.analysis import hvg, preprocess, preprocess_plots
+from immune_aging.analysis import hvg, preprocess, preprocess_batches, preprocess_plots
 from immune_aging.errors import InputError
 from immune_aging.stages import preprocess as stage
 
@@ -471,7 +471,7 @@ def test_preprocess_does_not_depend_on_the_batches(max_cells, monkeypatch):
     np.testing.assert_array_equal(
         whole.obsm["X_pca"], preprocess.run_pca(data, n_comps=5, seed=0)["X_pca"]
     )
-    monkeypatch.setattr(preprocess, "SCALE_ROWS", 7)  # several row chunks
+    monkeypatch.setattr(preprocess_batches, "SCALE_ROWS", 7)  # several row chunks
     asked = []
 
     def read_columns(genes):
@@ -560,15 +560,15 @@ def test_column_moments_merge_gives_the_bits_of_one_pass():
 def test_stack_rows_puts_the_blocks_back_in_cell_order():
     X = sparse.csr_matrix(np.array([[1, 0, 2], [0, 0, 0], [3, 4, 0], [0, 5, 6]], np.float32))
     blocks = [(np.array([1, 3]), X[[1, 3]]), (np.array([0, 2]), X[[0, 2]])]
-    stacked = preprocess.stack_rows(iter(blocks), 4)
+    stacked = preprocess_batches.stack_rows(iter(blocks), 4)
     assert stacked.dtype == np.float32 and stacked.indices.dtype == np.int32
     np.testing.assert_array_equal(stacked.indptr, X.indptr)
     np.testing.assert_array_equal(stacked.indices, X.indices)
     np.testing.assert_array_equal(stacked.data, X.data)
     with pytest.raises(ValueError, match="miss 2 of 4 cells"):
-        preprocess.stack_rows(blocks[:1], 4)
+        preprocess_batches.stack_rows(blocks[:1], 4)
     with pytest.raises(ValueError, match="more than one block"):
-        preprocess.stack_rows([blocks[0], blocks[0]], 4)
+        preprocess_batches.stack_rows([blocks[0], blocks[0]], 4)
 
 
 def test_stage_output_is_the_same_bytes_here_and_on_dask(tmp_path, monkeypatch, capsys):
